@@ -1,0 +1,208 @@
+"""The ``slamjax`` command.
+
+``slamjax run`` is the main job: a heterogeneous-data quadratic bilevel problem on n = 64 agents
+(Erdős–Rényi graph), solved by SLAM, SLAM-L and SLAM-U side by side; it prints progress and a
+final metrics table and writes ``results/<name>.json`` and ``results/<name>.png``.
+
+Other sub-commands run the scripts in ``experiments/`` of a source checkout
+(``slamjax bench``, ``slamjax sweep``, ``slamjax reproduce <figure>``, ...); extra arguments
+are passed through to the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+import warnings
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO_ROOT / "experiments"
+
+#: sub-command -> experiments/<script>.py (extra CLI arguments are forwarded)
+SCRIPTS = {
+    "bench": "bench_throughput.py",
+    "bench-grad": "bench_grad.py",
+    "bench-envs": "bench_envs.py",
+    "sweep": "speedup_sweep.py",
+    "tune": "tune_by_gradient.py",
+}
+#: ``slamjax reproduce <what>`` -> (script, forwarded arguments)
+REPRODUCE = {
+    "table2": ("meta_learning.py", []),
+    "fig8": ("meta_learning.py", []),
+    "fig9": ("meta_learning.py", ["--fig9"]),
+    "fig1": ("navigation.py", ["--figure", "1"]),
+    "fig5": ("navigation.py", ["--figure", "5"]),
+    "fig6": ("navigation.py", ["--figure", "6"]),
+    "fig7": ("navigation.py", ["--figure", "7"]),
+}
+
+
+def _positive(kind):
+    def parse(s):
+        v = kind(s)
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+        return v
+    return parse
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=_positive(int), default=64, help="number of agents (64)")
+    p.add_argument("--graph", default="erdos_renyi",
+                   help="erdos_renyi | ring | torus | star | complete | path | small_world")
+    p.add_argument("--er-p", type=float, default=None,
+                   help="Erdős–Rényi edge probability (default 2 ln(n)/n: connected w.h.p.)")
+    p.add_argument("--mixing", default="auto", help="auto | sparse | stencil | dense")
+    p.add_argument("--variant", default="all", help="all | slam | slam_l | slam_u")
+    p.add_argument("--steps", type=_positive(int), default=3000, help="iterations T (3000)")
+    p.add_argument("--log-every", type=_positive(int), default=20)
+    p.add_argument("--seed", type=int, default=0, help="problem, graph and noise seed")
+    p.add_argument("--alpha", type=float, default=30.0, help="UL: step size is 1/alpha (30)")
+    p.add_argument("--beta", type=float, default=30.0, help="LL: step size is 1/beta (30)")
+    p.add_argument("--rho", type=float, default=1.0, help="penalty rho (1)")
+    p.add_argument("--gamma", type=float, default=1.0, help="Lagrangian scaling gamma (1)")
+    p.add_argument("--solver", default="cg", help="cg | neumann | exact")
+    p.add_argument("--cg-iters", type=_positive(int), default=10)
+    p.add_argument("--neumann-k", type=_positive(int), default=30)
+    p.add_argument("--neumann-eta", type=float, default=0.2)
+    p.add_argument("--dx", type=_positive(int), default=10, help="UL dimension per agent")
+    p.add_argument("--dy", type=_positive(int), default=10, help="LL dimension per task")
+    p.add_argument("--m", type=_positive(int), default=2, help="LL tasks per agent")
+    p.add_argument("--noise", type=float, default=0.0, help="gradient noise σ (stochastic oracle)")
+    p.add_argument("--heterogeneous-hessian", action="store_true",
+                   help="agent-specific LL Hessians (SLAM's fixed point is then biased)")
+    p.add_argument("--x64", action="store_true", help="run in float64")
+    p.add_argument("--out", default="results", help="output directory (results/)")
+    p.add_argument("--name", default="main", help="results/<name>.json and .png")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-plot", action="store_true")
+
+
+def cmd_run(args) -> int:
+    import jax
+
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+
+    import slamjax as sj
+    from slamjax.problems.quadratic import make_quadratic
+
+    variants = list(sj.VARIANTS) if args.variant == "all" else [args.variant]
+    solver = sj.make_solver(args.solver, **({"maxiter": args.cg_iters} if args.solver == "cg"
+                                            else {"K": args.neumann_k, "eta": args.neumann_eta}
+                                            if args.solver == "neumann" else {}))
+    configs = [sj.SLAMConfig(variant=v, solver=solver) for v in variants]  # validates names
+    extra = {"p": args.er_p} if (args.er_p is not None and args.graph.startswith("er")) else {}
+    graph = sj.make_graph(args.graph, args.n, seed=args.seed, mixing=args.mixing, **extra)
+    dtype = jnp.float64 if args.x64 else jnp.float32
+    problem, data, x0, y0 = make_quadratic(
+        args.n, args.dx, args.dy, args.m, seed=args.seed, noise=args.noise, dtype=dtype,
+        homogeneous=not args.heterogeneous_hessian)
+    params = sj.SLAMParams.create(args.alpha, args.beta, args.rho, args.gamma)
+    if args.steps % args.log_every:
+        args.steps += args.log_every - args.steps % args.log_every
+    print(f"slamjax run: {graph!r}; quadratic bilevel problem d_x={args.dx}, d_y={args.dy}, "
+          f"m={args.m}, noise σ={args.noise}, "
+          f"{'heterogeneous' if args.heterogeneous_hessian else 'shared'} LL Hessians, "
+          f"heterogeneous data; solver={solver}; α={args.alpha} β={args.beta} ρ={args.rho} "
+          f"γ={args.gamma}; T={args.steps}; backend={jax.default_backend()}", flush=True)
+    print(f"stability bound (ρ·λ_max·(1+2γ) < 4β): ρ < "
+          f"{sj.stability_bound(graph.lam_max, min(args.alpha, args.beta), args.gamma):.4g}",
+          flush=True)
+
+    results = {}
+    for cfg in configs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            res = sj.run(problem, graph, params, data, x0, y0, config=cfg,
+                         num_steps=args.steps, log_every=args.log_every, seed=args.seed,
+                         progress=not args.no_progress, desc=cfg.variant)
+        results[cfg.variant] = res
+
+    names = ("grad_F_sq", "consensus_x", "consensus_y", "ll_error")
+    head = f"{'variant':8s} " + " ".join(f"{m:>12s}" for m in names) + \
+        f" {'steps/s':>10s} {'agent-steps/s':>14s} {'compile s':>9s}"
+    print("\nfinal metrics (step %d)" % args.steps)
+    print(head)
+    print("-" * len(head))
+    for v, res in results.items():
+        fin = res.final()
+        print(f"{v:8s} " + " ".join(f"{fin[m]:12.3e}" for m in names) +
+              f" {res.steps_per_sec:10.1f} {res.steps_per_sec * args.n:14.3e}"
+              f" {res.compile_time:9.2f}" + (f"  DIVERGED at {res.diverged_at}"
+                                              if res.diverged_at else ""))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": "slamjax " + " ".join(sys.argv[1:]), "config": vars(args),
+            "graph": {"kind": graph.kind, "n": graph.n, "edges": graph.num_edges,
+                      "lam_max": graph.lam_max},
+            "backend": jax.default_backend(), "jax_version": jax.__version__}
+    import json
+
+    payload = {**meta, "variants": {v: r.to_dict() for v, r in results.items()}}
+    (out / f"{args.name}.json").write_text(json.dumps(payload, indent=1, default=str))
+    print(f"\nwrote {out / (args.name + '.json')}", end="")
+    if not args.no_plot:
+        from slamjax.plotting import plot_theorem1
+
+        png = plot_theorem1({v: (r.steps, r.history) for v, r in results.items()},
+                            out / f"{args.name}.png",
+                            title=f"{graph.kind} graph, n={graph.n}, T={args.steps}")
+        print(f" and {png}", end="")
+    print()
+    return 1 if any(r.diverged_at for r in results.values()) else 0
+
+
+def _run_script(script: str, argv: list[str]) -> int:
+    path = EXPERIMENTS / script
+    if not path.exists():
+        print(f"slamjax: {path} not found — this sub-command runs the experiment scripts of a "
+              "source checkout (git clone, then `pip install -e .`).", file=sys.stderr)
+        return 2
+    old = sys.argv
+    sys.argv = [str(path)] + argv
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as e:  # the script's own exit code
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    finally:
+        sys.argv = old
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="slamjax", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd")
+    p_run = sub.add_parser("run", help="main job: SLAM / SLAM-L / SLAM-U on a quadratic problem")
+    add_run_arguments(p_run)
+    for name, script in SCRIPTS.items():
+        sub.add_parser(name, help=f"experiments/{script} (arguments forwarded)", add_help=False)
+    p_rep = sub.add_parser("reproduce", help="reproduce a paper table/figure", add_help=False)
+    p_rep.add_argument("what", nargs="?", choices=sorted(REPRODUCE))
+    if not argv:
+        argv = ["run"]
+    if argv[0] in SCRIPTS:
+        return _run_script(SCRIPTS[argv[0]], argv[1:])
+    if argv[0] == "reproduce":
+        if len(argv) < 2 or argv[1] not in REPRODUCE:
+            parser.error(f"reproduce needs one of {sorted(REPRODUCE)}")
+        script, extra = REPRODUCE[argv[1]]
+        return _run_script(script, extra + argv[2:])
+    args = parser.parse_args(argv)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    try:
+        return cmd_run(args)
+    except ValueError as e:  # bad input: one clear line, no traceback
+        print(f"slamjax: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

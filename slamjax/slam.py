@@ -1,0 +1,266 @@
+"""SLAM, SLAM-L and SLAM-U: one recursion, consensus masks per level and per leaf.
+
+Per iteration r (paper eq. (5) with the duals stored as u = Aᵀλ, u_y = Aᵀω)::
+
+    y ← y − (1/β)(h_g + γ u_y + ργ L y)     (5a)    h_g = ∇_y g(x^r, y^r)
+    u_y ← u_y + (ρ/γ) L y                   (4b)    (Aᵀ of ω ← ω + (ρ/γ) A y^{r+1})
+    x ← x − (1/α)(h_f + γ u_x + ργ L x)     (5b)    h_f = eq. (23) at (x^r, y^{r+1})
+    u_x ← u_x + (ρ/γ) L x                   (4d)
+
+A leaf without consensus takes the plain step ``v ← v − h/α`` (or ``/β``) and keeps u = 0:
+SLAM-L (Alg. 2) is "no consensus on x", SLAM-U (Alg. 3) "no consensus on y", and a tuple of
+booleans per leaf gives partial sharing (e.g. one shared actor layer, paper Fig. 2).
+
+Static configuration (:class:`SLAMConfig`: variant, solver, masks) is hashable; the numbers
+(:class:`SLAMParams`: α, β, ρ, γ), the data, the state and the key are traced arrays, so
+changing them never recompiles and all of them can be differentiated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from slamjax.graphs import Graph, laplacian_matvec
+from slamjax.hypergrad import CG, Exact, Neumann, hypergradient, lower_grad
+from slamjax.problem import DATA_AXES, BilevelProblem, ProblemData, check_agent_axis
+
+__all__ = ["VARIANTS", "SLAMConfig", "SLAMParams", "SLAMState", "init", "step", "scan_steps",
+           "validate", "stability_bound", "StabilityWarning"]
+
+#: variant name -> (consensus on the UL variable x, consensus on the LL variable y)
+VARIANTS = {"slam": (True, True), "slam_l": (False, True), "slam_u": (True, False)}
+_ALIASES = {"slam-l": "slam_l", "slaml": "slam_l", "slam-u": "slam_u", "slamu": "slam_u"}
+
+
+class StabilityWarning(UserWarning):
+    """Step sizes outside the linear stability bound of the consensus recursion."""
+
+
+class SLAMParams(NamedTuple):
+    """Traced hyperparameters: 1/α and 1/β are the UL and LL step sizes, ρ the penalty and γ
+    the scaling of the augmented Lagrangian (3)."""
+
+    alpha: Any
+    beta: Any
+    rho: Any
+    gamma: Any = 1.0
+
+    @classmethod
+    def create(cls, alpha, beta, rho, gamma=1.0, dtype=None):
+        return cls(*(jnp.asarray(v, dtype=dtype) for v in (alpha, beta, rho, gamma)))
+
+
+class SLAMState(NamedTuple):
+    """Iterate of SLAM: primal x, y (agent axis first), duals u_x = Aᵀλ, u_y = Aᵀω, step r."""
+
+    x: Any
+    y: Any
+    u_x: Any
+    u_y: Any
+    step: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class SLAMConfig:
+    """Static configuration.
+
+    ``variant``: ``"slam"`` | ``"slam_l"`` | ``"slam_u"``. ``consensus_x`` / ``consensus_y``
+    override the variant's masks: a bool for the whole level or a tuple with one bool per leaf
+    (in ``jax.tree.leaves`` order). ``solver``: :class:`CG`, :class:`Neumann` or :class:`Exact`.
+    """
+
+    variant: str = "slam"
+    solver: Any = CG(10)
+    consensus_x: Any = None
+    consensus_y: Any = None
+
+    def __post_init__(self):
+        v = _ALIASES.get(self.variant.lower(), self.variant.lower())
+        if v not in VARIANTS:
+            raise ValueError(f"unknown SLAM variant {self.variant!r}; choose one of "
+                             f"{tuple(VARIANTS)}")
+        object.__setattr__(self, "variant", v)
+        if not isinstance(self.solver, (CG, Neumann, Exact)):
+            raise ValueError(f"solver must be CG(...), Neumann(...) or Exact(), got "
+                             f"{self.solver!r} (see slamjax.hypergrad.make_solver)")
+        for name in ("consensus_x", "consensus_y"):
+            val = getattr(self, name)
+            if isinstance(val, list):
+                object.__setattr__(self, name, tuple(bool(b) for b in val))
+
+    def masks(self, x, y) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+        cx, cy = VARIANTS[self.variant]
+        return (_leaf_mask("consensus_x", self.consensus_x, cx, x),
+                _leaf_mask("consensus_y", self.consensus_y, cy, y))
+
+    def level_consensus(self, x, y) -> tuple[bool, bool]:
+        mx, my = self.masks(x, y)
+        return any(mx), any(my)
+
+
+def _leaf_mask(name, override, default, tree) -> tuple[bool, ...]:
+    nleaves = len(jax.tree.leaves(tree))
+    if override is None:
+        return (bool(default),) * nleaves
+    if isinstance(override, bool):
+        return (override,) * nleaves
+    mask = tuple(bool(b) for b in override)
+    if len(mask) != nleaves:
+        raise ValueError(f"{name} has {len(mask)} entries but the variable has {nleaves} "
+                         "leaves (one bool per leaf, in jax.tree.leaves order)")
+    return mask
+
+
+# ----------------------------------------------------------------------------------------
+def init(x0, y0) -> SLAMState:
+    """Initial state: λ¹ = ω¹ = 0 (Algorithm 1)."""
+    zeros = lambda t: jax.tree.map(jnp.zeros_like, t)  # noqa: E731
+    return SLAMState(x=x0, y=y0, u_x=zeros(x0), u_y=zeros(y0), step=jnp.zeros((), jnp.int32))
+
+
+def _consensus_update(v, h, u, mask, graph, inv_step, rho, gamma):
+    """One primal step (5a)/(5b) and the dual step (4b)/(4d) for every leaf of a level."""
+    v_l, treedef = jax.tree.flatten(v)
+    h_l, u_l = jax.tree.leaves(h), jax.tree.leaves(u)
+    new_v, new_u = [], []
+    for vi, hi, ui, on in zip(v_l, h_l, u_l, mask):
+        c = lambda a: jnp.asarray(a, vi.dtype)  # noqa: E731
+        if on:
+            vn = vi - c(inv_step) * (hi + c(gamma) * ui + c(rho * gamma) * laplacian_matvec(graph, vi))
+            un = ui + c(rho / gamma) * laplacian_matvec(graph, vn)
+        else:
+            vn, un = vi - c(inv_step) * hi, ui
+        new_v.append(vn)
+        new_u.append(un)
+    return jax.tree.unflatten(treedef, new_v), jax.tree.unflatten(treedef, new_u)
+
+
+def step(problem: BilevelProblem, config: SLAMConfig, graph: Graph, params: SLAMParams,
+         state: SLAMState, data: ProblemData, key) -> SLAMState:
+    """One SLAM iteration, eqs. (5a), (4b), (5b), (4d). Pure; jit/vmap/scan/grad-able."""
+    n = graph.n
+    mask_x, mask_y = config.masks(state.x, state.y)
+    k = jax.random.fold_in(key, state.step)
+    kg, kf = jax.random.split(k)
+    vsample = jax.vmap(problem.sample_batch, in_axes=(0, DATA_AXES))
+    batch_g = vsample(jax.random.split(kg, n), data)
+    batch_f = vsample(jax.random.split(kf, n), data)
+
+    h_g = jax.vmap(lambda x, y, d, b: lower_grad(problem, x, y, d, b),
+                   in_axes=(0, 0, DATA_AXES, 0))(state.x, state.y, data, batch_g)
+    y, u_y = _consensus_update(state.y, h_g, state.u_y, mask_y, graph, 1.0 / params.beta,
+                               params.rho, params.gamma)
+    h_f = jax.vmap(lambda x, y, d, b: hypergradient(problem, x, y, d, b, config.solver),
+                   in_axes=(0, 0, DATA_AXES, 0))(state.x, y, data, batch_f)
+    x, u_x = _consensus_update(state.x, h_f, state.u_x, mask_x, graph, 1.0 / params.alpha,
+                               params.rho, params.gamma)
+    return SLAMState(x=x, y=y, u_x=u_x, u_y=u_y, step=state.step + 1)
+
+
+def scan_steps(problem, config, graph, params, state, data, key, num_steps: int,
+               checkpoint_every: int | None = None) -> SLAMState:
+    """``num_steps`` iterations with ``lax.scan`` (pure, differentiable).
+
+    ``checkpoint_every=c`` runs an outer scan over T/c rematerialised chunks of c steps, so
+    reverse-mode memory grows like O(T/c + c) instead of O(T).
+    """
+    def body(s, _):
+        return step(problem, config, graph, params, s, data, key), None
+
+    num_steps = int(num_steps)
+    if not checkpoint_every or checkpoint_every >= num_steps:
+        return lax.scan(body, state, None, length=num_steps)[0]
+    c = int(checkpoint_every)
+    outer, rem = divmod(num_steps, c)
+
+    @jax.checkpoint
+    def chunk(s, _):
+        return lax.scan(body, s, None, length=c)[0], None
+
+    state = lax.scan(chunk, state, None, length=outer)[0]
+    if rem:
+        state = lax.scan(body, state, None, length=rem)[0]
+    return state
+
+
+# ----------------------------------------------------------------------------------------
+# input checks (run on concrete values, before anything is compiled)
+# ----------------------------------------------------------------------------------------
+def stability_bound(lam_max: float, step_param: float, gamma: float) -> float:
+    """Largest ρ for which the consensus recursion is linearly stable.
+
+    On a Laplacian eigenmode μ, with gradient terms aside, the two-step form (6) reads
+    z⁺ = (2 − s(1+γ)) z − (1 − sγ) z⁻ with s = ρμ/β. The Jury conditions of its characteristic
+    polynomial reduce to s(1 + 2γ) < 4, i.e. **ρ·λ_max(L)·(1 + 2γ) < 4β** (α for the UL).
+    """
+    if lam_max <= 0:
+        return math.inf
+    return 4.0 * step_param / (lam_max * (1.0 + 2.0 * gamma))
+
+
+def _concrete(v):
+    try:
+        return float(np.asarray(v))
+    except Exception:  # a tracer: cannot be checked here
+        return None
+
+
+def validate(problem: BilevelProblem, config: SLAMConfig, graph: Graph, params: SLAMParams,
+             state: SLAMState, data: ProblemData) -> None:
+    """Clear errors for bad input and a :class:`StabilityWarning` for unstable steps."""
+    if not isinstance(graph, Graph):
+        raise TypeError(f"graph must be a slamjax.graphs.Graph, got {type(graph).__name__}")
+    if not isinstance(data, ProblemData):
+        raise TypeError("data must be a slamjax.ProblemData(shared=..., agents=...), got "
+                        f"{type(data).__name__}")
+    n = graph.n
+    check_agent_axis("x", state.x, n)
+    check_agent_axis("y", state.y, n)
+    if data.agents is not None and jax.tree.leaves(data.agents):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(data.agents)[0]:
+            shape = jnp.shape(leaf)
+            if len(shape) == 0 or shape[0] != n:
+                raise ValueError(f"data.agents{jax.tree_util.keystr(path)} has shape "
+                                 f"{tuple(shape)}: per-agent data needs leading axis n={n} "
+                                 "(the graph's number of agents)")
+    if jax.tree.structure(state.u_x) != jax.tree.structure(state.x) or \
+            jax.tree.structure(state.u_y) != jax.tree.structure(state.y):
+        raise ValueError("state duals must have the same pytree structure as x and y "
+                         "(build the state with slamjax.init)")
+    vals = {}
+    for name in ("alpha", "beta", "rho", "gamma"):
+        raw = getattr(params, name)
+        if jnp.ndim(raw) != 0:
+            continue  # batched hyperparameters (vmap sweeps): checked per value by the caller
+        v = _concrete(raw)
+        if v is None:
+            continue
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"SLAM parameter {name}={v} must be finite and > 0 "
+                             "(1/alpha and 1/beta are step sizes, rho the penalty, gamma the "
+                             "Lagrangian scaling)")
+        vals[name] = v
+    mx, my = config.masks(state.x, state.y)
+    if {"rho", "gamma"} <= vals.keys():
+        rho, gamma = vals["rho"], vals["gamma"]
+        for level, on, pname in (("upper", any(mx), "alpha"), ("lower", any(my), "beta")):
+            if not on or pname not in vals:
+                continue
+            bound = stability_bound(graph.lam_max, vals[pname], gamma)
+            if rho >= bound:
+                safe_step = rho * graph.lam_max * (1 + 2 * gamma) / 4.0 * 1.25
+                warnings.warn(
+                    f"{level}-level consensus is unstable: rho*lam_max(L)*(1+2*gamma) = "
+                    f"{rho * graph.lam_max * (1 + 2 * gamma):.4g} >= 4*{pname} = "
+                    f"{4 * vals[pname]:.4g} (lam_max(L)={graph.lam_max:.4g}). Use rho < "
+                    f"{bound:.4g} (e.g. rho={0.8 * bound:.3g}) or {pname} > "
+                    f"{safe_step / 1.25:.4g} (e.g. {pname}={safe_step:.3g}).",
+                    StabilityWarning, stacklevel=3)
