@@ -96,7 +96,9 @@ def solve(problem: BilevelProblem, graph: Graph, params: SLAMParams, data: Probl
           checkpoint_every: int | None = None) -> SLAMState:
     """Pure end-to-end solve: ``num_steps`` SLAM iterations from (x0, y0). Differentiable with
     respect to ``params``, ``data``, ``x0`` and ``y0`` (``jax.grad`` / ``jax.jvp``)."""
-    return scan_steps(problem, config, graph, params, init(x0, y0), data, key, num_steps,
+    state = init(x0, y0)
+    validate(problem, config, graph, params, state, data)  # shapes always; numbers if concrete
+    return scan_steps(problem, config, graph, params, state, data, key, num_steps,
                       checkpoint_every)
 
 
@@ -156,8 +158,7 @@ def run(problem: BilevelProblem, graph: Graph, params: SLAMParams, data: Problem
         chunk_fn, eval_fn = _chunk, _eval
 
     num_logs = num_steps // log_every
-    per_chunk = logs_per_chunk or max(1, math.ceil(num_logs / 20))
-    per_chunk = min(per_chunk, num_logs)
+    per_chunk = min(logs_per_chunk or _chunk_logs(num_logs), num_logs)
     statics = dict(problem=problem, config=config, log_every=log_every)
 
     t0 = time.perf_counter()
@@ -220,6 +221,16 @@ def run(problem: BilevelProblem, graph: Graph, params: SLAMParams, data: Problem
     return RunResult(state=state, history=history, steps=np.asarray(steps_logged),
                      compile_time=compile_time, run_time=run_time, num_steps=ran,
                      diverged_at=diverged_at)
+
+
+def _chunk_logs(num_logs: int, updates: int = 20) -> int:
+    """Logs per compiled chunk: about ``updates`` progress updates, preferring a divisor of
+    ``num_logs`` so that a single chunk size is compiled."""
+    target = max(1, math.ceil(num_logs / updates))
+    for d in range(target, min(num_logs, 4 * target) + 1):
+        if num_logs % d == 0:
+            return d
+    return target
 
 
 def _progress_bar(total, desc, enabled):
