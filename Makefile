@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PYTEST_ARGS ?= -m "not slow" -n 2
+PYTEST_ARGS ?= -m "not slow" -n 2 --nbmake tests notebooks
 
 .PHONY: setup demo test test-all clean
 
