@@ -151,7 +151,11 @@ def lower_grad(problem: BilevelProblem, x, y, data, batch):
 
 
 def hypergradient(problem: BilevelProblem, x, y, data, batch, solver) -> Any:
-    """Surrogate implicit gradient of eq. (23) for one agent, at its local (x, y)."""
+    """Surrogate implicit gradient of eq. (23) for one agent, at its local (x, y).
+
+    A problem with its own UL-gradient estimator (``problem.ul_grad``) uses that instead."""
+    if problem.ul_grad is not None:
+        return problem.ul_grad(x, y, data, batch)
     fx, fy = jax.grad(problem.f, argnums=(0, 1))(x, y, data, batch)
 
     def grad_y_g(xx, yy):

@@ -15,6 +15,9 @@ library vmaps it over the agent axis (and, through ``g`` being a sum, over the m
 * ``hvp_yy(x, y, data, batch, v)`` (optional): ∇²_yy g · v supplied by the user (autodiff of a
   quadratic costs about 2× a hand-written product).
 * ``cross_xy(x, y, data, batch, v)`` (optional): ∇²_xy g · v (the x-gradient of ⟨∇_y g, v⟩).
+* ``ul_grad(x, y, data, batch)`` (optional): a problem-specific estimator of the UL gradient
+  h_f used *instead of* eq. (23) — e.g. a policy-gradient actor step (paper eq. (212)), where
+  the implicit term is already folded into the estimator.
 * ``metrics(x, y, data, consensus_x, consensus_y) -> dict`` (optional): problem-level metrics
   on the stacked variables (e.g. the Theorem-1 stationarity measures from a closed form).
 
@@ -56,6 +59,7 @@ class BilevelProblem:
     hvp_yy: Optional[Callable[..., Any]] = None
     cross_xy: Optional[Callable[..., Any]] = None
     metrics: Optional[Callable[..., dict]] = None
+    ul_grad: Optional[Callable[..., Any]] = None
     name: str = "problem"
 
     def sample_batch(self, key, data: ProblemData):

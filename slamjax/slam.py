@@ -33,7 +33,7 @@ from slamjax.hypergrad import CG, Exact, Neumann, hypergradient, lower_grad
 from slamjax.problem import DATA_AXES, BilevelProblem, ProblemData, check_agent_axis
 
 __all__ = ["VARIANTS", "SLAMConfig", "SLAMParams", "SLAMState", "init", "step", "scan_steps",
-           "validate", "stability_bound", "StabilityWarning"]
+           "validate", "stability_bound", "StabilityWarning", "primal_dual_update"]
 
 #: variant name -> (consensus on the UL variable x, consensus on the LL variable y)
 VARIANTS = {"slam": (True, True), "slam_l": (False, True), "slam_u": (True, False)}
@@ -126,8 +126,16 @@ def init(x0, y0) -> SLAMState:
     return SLAMState(x=x0, y=y0, u_x=zeros(x0), u_y=zeros(y0), step=jnp.zeros((), jnp.int32))
 
 
-def _consensus_update(v, h, u, mask, graph, inv_step, rho, gamma):
-    """One primal step (5a)/(5b) and the dual step (4b)/(4d) for every leaf of a level."""
+def primal_dual_update(v, h, u, mask, graph, inv_step, rho, gamma):
+    """One primal step (5a)/(5b) and the dual step (4b)/(4d) for every leaf of a level.
+
+    ``v`` (agent axis first), its gradient estimate ``h`` and dual ``u = Aᵀλ`` are pytrees of
+    the same structure; ``mask`` has one bool per leaf (consensus on/off). Returns (v⁺, u⁺).
+    Public so that algorithms with their own gradient estimators (e.g. actor-critic, where the
+    batch depends on all agents' policies) reuse exactly SLAM's consensus recursion.
+    """
+    if isinstance(mask, bool):
+        mask = (mask,) * len(jax.tree.leaves(v))
     v_l, treedef = jax.tree.flatten(v)
     h_l, u_l = jax.tree.leaves(h), jax.tree.leaves(u)
     new_v, new_u = [], []
@@ -156,11 +164,11 @@ def step(problem: BilevelProblem, config: SLAMConfig, graph: Graph, params: SLAM
 
     h_g = jax.vmap(lambda x, y, d, b: lower_grad(problem, x, y, d, b),
                    in_axes=(0, 0, DATA_AXES, 0))(state.x, state.y, data, batch_g)
-    y, u_y = _consensus_update(state.y, h_g, state.u_y, mask_y, graph, 1.0 / params.beta,
+    y, u_y = primal_dual_update(state.y, h_g, state.u_y, mask_y, graph, 1.0 / params.beta,
                                params.rho, params.gamma)
     h_f = jax.vmap(lambda x, y, d, b: hypergradient(problem, x, y, d, b, config.solver),
                    in_axes=(0, 0, DATA_AXES, 0))(state.x, y, data, batch_f)
-    x, u_x = _consensus_update(state.x, h_f, state.u_x, mask_x, graph, 1.0 / params.alpha,
+    x, u_x = primal_dual_update(state.x, h_f, state.u_x, mask_x, graph, 1.0 / params.alpha,
                                params.rho, params.gamma)
     return SLAMState(x=x, y=y, u_x=u_x, u_y=u_y, step=state.step + 1)
 

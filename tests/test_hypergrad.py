@@ -115,3 +115,12 @@ def test_solver_names_and_bad_settings():
         CG(maxiter=0)
     with pytest.raises(ValueError, match="eta"):
         Neumann(K=3, eta=0.0)
+
+
+def test_problem_supplied_ul_gradient_replaces_eq23(x64):
+    problem, data, x, y = _logistic_problem()
+    custom = BilevelProblem(f=problem.f, g=problem.g,
+                            ul_grad=lambda xx, yy, d, b: jax.grad(problem.f)(xx, yy, d, b))
+    got = _hg(custom, x, y, data, None, CG(5))
+    np.testing.assert_allclose(got, jax.grad(problem.f)(x, y, data, None), rtol=1e-12)
+    assert np.max(np.abs(got - _hg(problem, x, y, data, None, CG(30)))) > 1e-6
