@@ -282,3 +282,40 @@ def test_stability_bound_predicts_divergence(x64, g, beta, rho_ok, rho_bad):
     assert bad.diverged_at is not None
     assert np.isfinite(np.asarray(bad.state.y)).all()  # the last finite state is kept
     assert len(bad.steps) == bad.history["consensus_y"].shape[-1]
+
+
+# ----------------------------------------------------------------------------------------
+# property test: one step equals the dense formula of eq. (5), duals stay in range(L)
+# ----------------------------------------------------------------------------------------
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(kind=st.sampled_from(["ring", "star", "complete", "path", "erdos_renyi", "small_world"]),
+       n=st.integers(3, 12), dx=st.integers(1, 3), dy=st.integers(1, 3), m=st.integers(1, 3),
+       variant=st.sampled_from(VARIANTS), seed=st.integers(0, 3))
+def test_property_step_matches_dense_eq5(kind, n, dx, dy, m, variant, seed):
+    with jax.enable_x64(True):
+        g = graphs.make_graph(kind, n, seed=seed) if kind != "erdos_renyi" else \
+            graphs.erdos_renyi(n, p=min(1.0, 4 * np.log(n) / n), seed=seed)
+        problem, data, x0, y0 = make_quadratic(n, dx, dy, m, seed=seed, dtype=jnp.float64,
+                                               homogeneous=bool(seed % 2))
+        a, b, r, gm = 15.0, 12.0, 0.3, 1.3
+        params = sj.SLAMParams.create(a, b, r, gm)
+        cfg = sj.SLAMConfig(variant=variant, solver=sj.Exact())
+        s1 = _step(problem, cfg, g, params, sj.init(x0, y0), data, jax.random.key(0))
+        s2 = _step(problem, cfg, g, params, s1, data, jax.random.key(0))
+        L = graphs.laplacian_dense(g)
+        d = _np_data(data, n, bool(seed % 2))
+        cx, cy = sj.VARIANTS[variant]
+        mix = lambda v: np.einsum("ij,j...->i...", L, v)  # noqa: E731
+        x, y = np.asarray(s1.x), np.asarray(s1.y)
+        ux, uy = np.asarray(s1.u_x), np.asarray(s1.u_y)
+        y_new = y - (_np_hg(d, x, y) + cy * (gm * uy + r * gm * mix(y))) / b
+        x_new = x - (_np_hf(d, x, y_new) + cx * (gm * ux + r * gm * mix(x))) / a
+        np.testing.assert_allclose(s2.y, y_new, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(s2.x, x_new, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(s2.u_y, uy + cy * (r / gm) * mix(y_new), atol=1e-10)
+        # u = Aᵀλ lies in range(L): its agent-sum vanishes
+        np.testing.assert_allclose(np.sum(np.asarray(s2.u_x), axis=0), 0.0, atol=1e-10)
+        np.testing.assert_allclose(np.sum(np.asarray(s2.u_y), axis=0), 0.0, atol=1e-10)
