@@ -1,0 +1,243 @@
+"""Throughput of the JAX navigation env against the mpe2 reference.
+
+JAX: ``jit`` + ``vmap`` over B environments (B in 1, 16, 256, 4096 by default),
+``lax.scan`` over whole episodes (a vmapped reset, then ``max_steps`` steps;
+several episodes per jitted call; random actions drawn inside the scan).  Reference:
+mpe2's ``simple_spread_v3.parallel_env`` (same N, discrete actions, same
+``max_cycles``) stepped in a Python loop, reset at every episode end, random
+actions pre-drawn with NumPy (so the reference is not charged for them).
+
+An "env-step" is one synchronous step of all N agents of one environment.
+The reference steps one environment at a time, so its env-steps/s does not
+depend on B; the ratio column is JAX env-steps/s divided by it.
+
+Throughput is taken from the fastest timed chunk (one jitted call for JAX, one
+episode for mpe2; compile time excluded and reported apart), which is robust
+to other processes sharing the CPU; medians are printed and stored as well.
+Reference and JAX timings are interleaved so both see the same machine load.
+
+Writes ``results/bench_envs.json`` and the log-log plot ``results/bench_envs.png``.
+
+    python experiments/bench_envs.py            # N = 3 and 5 (~1 min on 2 cores)
+    python experiments/bench_envs.py --quick    # N = 3, short timings (~20 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # allow running from a fresh clone without installing
+    sys.path.insert(0, str(ROOT))
+
+from slamjax.envs import NUM_ACTIONS, NavigationEnv  # noqa: E402
+
+
+def make_jax_runner(n: int, batch: int, max_steps: int, episodes: int):
+    """Jitted function running ``episodes`` episodes of ``batch`` envs.
+
+    Outer ``lax.scan`` over episodes (each starts with a vmapped ``reset``),
+    inner ``lax.scan`` over the ``max_steps`` steps of the episode.
+    """
+    env = NavigationEnv(n, max_steps=max_steps)
+
+    def step_all(carry, k):
+        states, total = carry
+        k_act, k_step = jax.random.split(k)
+        actions = jax.random.randint(k_act, (batch, n), 0, NUM_ACTIONS, dtype=jnp.int32)
+        states, rew, _ = jax.vmap(env.step)(jax.random.split(k_step, batch), states, actions)
+        return (states, total + rew.sum()), None
+
+    def episode(total, k):
+        k_reset, k_run = jax.random.split(k)
+        states = jax.vmap(env.reset)(jax.random.split(k_reset, batch))
+        (states, total), _ = jax.lax.scan(step_all, (states, total),
+                                          jax.random.split(k_run, max_steps))
+        return total, states.agent_pos.sum()
+
+    @jax.jit
+    def run(key):
+        total, pos_sums = jax.lax.scan(episode, jnp.zeros((), jnp.float32),
+                                       jax.random.split(key, episodes))
+        return total, pos_sums
+
+    return run
+
+
+def _summary(durations, work):
+    """work units / s from the fastest and the median timed chunk."""
+    d = np.asarray(durations)
+    return {"best": work / d.min(), "median": work / float(np.median(d)), "samples": int(d.size)}
+
+
+def time_jax(n, batch, max_steps, target_steps_per_call, min_time):
+    """Time whole jitted calls; compile time is measured separately."""
+    episodes = max(1, math.ceil(target_steps_per_call / (batch * max_steps)))
+    run = make_jax_runner(n, batch, max_steps, episodes)
+    key = jax.random.key(0)
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(key))
+    compile_s = time.perf_counter() - t0
+    steps_per_call = batch * episodes * max_steps
+    durations, t_start, i = [], time.perf_counter(), 0
+    while i < 3 or time.perf_counter() - t_start < min_time:
+        i += 1
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(jax.random.fold_in(key, i)))
+        durations.append(time.perf_counter() - t0)
+    stats = _summary(durations, steps_per_call)
+    return {"batch": batch, "episodes_per_call": episodes, "steps_per_call": steps_per_call,
+            "compile_s": compile_s, "env_steps_per_s": stats["best"],
+            "env_steps_per_s_median": stats["median"], "timed_calls": stats["samples"]}
+
+
+class Mpe2Reference:
+    """mpe2 simple_spread parallel env stepped in a Python loop, timed per episode."""
+
+    def __init__(self, n, max_steps):
+        from mpe2 import simple_spread_v3
+
+        self.max_steps = max_steps
+        self.penv = simple_spread_v3.parallel_env(N=n, max_cycles=max_steps, continuous_actions=False)
+        names = list(self.penv.possible_agents)
+        actions = np.random.default_rng(0).integers(0, NUM_ACTIONS, size=(64, max_steps, n))
+        self.act_dicts = [[{a: int(x) for a, x in zip(names, row)} for row in ep] for ep in actions]
+        self.durations = []
+        self.episodes = 0
+
+    def run(self, min_time):
+        t_start = time.perf_counter()
+        while time.perf_counter() - t_start < min_time:
+            acts = self.act_dicts[self.episodes % len(self.act_dicts)]
+            t0 = time.perf_counter()
+            self.penv.reset(seed=self.episodes)
+            for t in range(self.max_steps):
+                self.penv.step(acts[t])
+            self.durations.append(time.perf_counter() - t0)
+            self.episodes += 1
+
+    def summary(self):
+        return _summary(self.durations, self.max_steps)
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, res in enumerate(results):
+        color = f"C{i}"
+        b = [r["batch"] for r in res["jax"]]
+        s = [r["env_steps_per_s"] for r in res["jax"]]
+        ax.plot(b, s, "o-", color=color, label=f"JAX jit+vmap, N={res['n']}")
+        ax.axhline(res["mpe2_env_steps_per_s"], color=color, ls="--",
+                   label=f"mpe2 Python loop, N={res['n']}")
+        ax.annotate(f"{res['jax'][-1]['ratio']:.0f}x", (b[-1], s[-1]),
+                    textcoords="offset points", xytext=(-8, -14), ha="right", color=color)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parallel environments (vmap batch)")
+    ax.set_ylabel("env-steps / s")
+    ax.set_title("Cooperative navigation (simple_spread) throughput, CPU")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small, fast run")
+    p.add_argument("--agents", type=int, nargs="+", default=None, help="N values (default 3 5; quick: 3)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256, 4096])
+    p.add_argument("--max-steps", type=int, default=25, help="episode length (mpe2 max_cycles)")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="seconds of timing per configuration (default 2, quick 0.5)")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "results")
+    args = p.parse_args(argv)
+
+    agents = args.agents or ([3] if args.quick else [3, 5])
+    min_time = args.min_time or (0.5 if args.quick else 2.0)
+    target = 12_500 if args.quick else 50_000  # env-steps per jitted call
+
+    try:
+        mpe2_version = metadata.version("mpe2")
+    except metadata.PackageNotFoundError:
+        sys.exit("mpe2 is not installed: it is the reference of this benchmark (pip install mpe2)")
+
+    load_start = os.getloadavg()
+    results = []
+    for n in agents:
+        ref = Mpe2Reference(n, args.max_steps)
+        rows = []
+        # interleave reference and JAX timing so both see the same machine load
+        ref.run(min_time)
+        for b in args.batches:
+            rows.append(time_jax(n, b, args.max_steps, target, min_time))
+            ref.run(min_time / 2)
+        ref_stats = ref.summary()
+        ref_best = ref_stats["best"]
+        for r in rows:
+            r["ratio"] = r["env_steps_per_s"] / ref_best
+            r["ratio_median"] = r["env_steps_per_s_median"] / ref_stats["median"]
+        results.append({"n": n, "mpe2_env_steps_per_s": ref_best,
+                        "mpe2_env_steps_per_s_median": ref_stats["median"],
+                        "mpe2_timed_episodes": ref_stats["samples"], "jax": rows})
+
+        print(f"\nN = {n} agents, episode = {args.max_steps} steps "
+              f"(mpe2 {mpe2_version} reference: {ref_best:,.0f} env-steps/s best, "
+              f"{ref_stats['median']:,.0f} median of {ref_stats['samples']} episodes)")
+        print(f"{'batch':>6} | {'JAX env-steps/s':>16} | {'mpe2 env-steps/s':>16} | "
+              f"{'ratio':>9} | {'ratio (median)':>14} | {'compile s':>9}")
+        print("-" * 87)
+        for r in rows:
+            print(f"{r['batch']:>6} | {r['env_steps_per_s']:>16,.0f} | {ref_best:>16,.0f} | "
+                  f"{r['ratio']:>8.1f}x | {r['ratio_median']:>13.1f}x | {r['compile_s']:>9.2f}")
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = {
+        "benchmark": "cooperative navigation (MPE simple_spread rules): env-steps/s",
+        "definition": "env-step = one synchronous step of all N agents of one environment; "
+                      "JAX: jit+vmap over `batch` envs, nested lax.scan over episodes (vmapped reset) and steps, "
+                      "random actions sampled in the scan, compile time excluded; "
+                      "mpe2: parallel_env stepped in a Python loop with reset every episode",
+        "quick": args.quick,
+        "max_steps": args.max_steps,
+        "min_time_s": min_time,
+        "timing": "throughput from the fastest timed chunk (one jitted call for JAX, one "
+                  "episode for mpe2), robust to load from other processes; medians are "
+                  "also stored; reference and JAX timings are interleaved",
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpu_count": os.cpu_count(), "jax": jax.__version__,
+                    "jax_backend": jax.default_backend(), "mpe2": mpe2_version,
+                    "load_avg_1_5_15min_start": load_start,
+                    "load_avg_1_5_15min_end": os.getloadavg()},
+        "results": results,
+    }
+    json_path = args.out_dir / "bench_envs.json"
+    png_path = args.out_dir / "bench_envs.png"
+    json_path.write_text(json.dumps(out, indent=2) + "\n")
+    plot(results, png_path)
+    print(f"\nload average (1/5/15 min) at start {tuple(round(x, 1) for x in load_start)}, "
+          f"at end {tuple(round(x, 1) for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(f"wrote {json_path} and {png_path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
