@@ -103,6 +103,11 @@ class Graph:
         keep = s < r
         return np.stack([s[keep], r[keep]], axis=1)
 
+    def _matvec_leaf(self, x: jax.Array) -> jax.Array:
+        """L·x for one leaf (agent axis first). Overridden by the agent-partitioned graphs of
+        :mod:`slamjax.sharding` (halo exchange / partitioned edges across devices)."""
+        return _leaf_matvec(self, x)
+
     def to_networkx(self):
         import networkx as nx
 
@@ -142,7 +147,7 @@ def _leaf_matvec(graph: Graph, x: jax.Array) -> jax.Array:
 
 def laplacian_matvec(graph: Graph, tree: Any) -> Any:
     """``L x`` for every leaf of ``tree`` (agent axis first). O(n + |E|) except in dense mode."""
-    return jax.tree.map(lambda leaf: _leaf_matvec(graph, leaf), tree)
+    return jax.tree.map(graph._matvec_leaf, tree)
 
 
 def laplacian_dense(graph: Graph) -> np.ndarray:

@@ -75,12 +75,19 @@ class SLAMConfig:
     ``variant``: ``"slam"`` | ``"slam_l"`` | ``"slam_u"``. ``consensus_x`` / ``consensus_y``
     override the variant's masks: a bool for the whole level or a tuple with one bool per leaf
     (in ``jax.tree.leaves`` order). ``solver``: :class:`CG`, :class:`Neumann` or :class:`Exact`.
+
+    ``agent_block``: ``None`` (default) vmaps the per-agent work (h_g and the eq.-(23) solve)
+    over all n agents at once; an integer B runs it in blocks of B agents
+    (``lax.map(..., batch_size=B)``) so that the K solver iterations of one block stay in
+    cache: same numbers up to round-off, less memory traffic and temporary memory for large
+    n·d. The Laplacian products stay global.
     """
 
     variant: str = "slam"
     solver: Any = CG(10)
     consensus_x: Any = None
     consensus_y: Any = None
+    agent_block: int | None = None
 
     def __post_init__(self):
         v = _ALIASES.get(self.variant.lower(), self.variant.lower())
@@ -91,6 +98,11 @@ class SLAMConfig:
         if not isinstance(self.solver, (CG, Neumann, Exact)):
             raise ValueError(f"solver must be CG(...), Neumann(...) or Exact(), got "
                              f"{self.solver!r} (see slamjax.hypergrad.make_solver)")
+        if self.agent_block is not None:
+            if isinstance(self.agent_block, bool) or int(self.agent_block) < 1:
+                raise ValueError(f"agent_block must be None or an integer ≥ 1, got "
+                                 f"{self.agent_block!r}")
+            object.__setattr__(self, "agent_block", int(self.agent_block))
         for name in ("consensus_x", "consensus_y"):
             val = getattr(self, name)
             if isinstance(val, list):
@@ -136,41 +148,84 @@ def primal_dual_update(v, h, u, mask, graph, inv_step, rho, gamma):
     """
     if isinstance(mask, bool):
         mask = (mask,) * len(jax.tree.leaves(v))
+    return _primal_dual(v, h, u, mask, graph, inv_step, rho, gamma)[:2]
+
+
+def _primal_dual(v, h, u, mask, graph, inv_step, rho, gamma, lap=None):
+    """:func:`primal_dual_update` that also takes and returns the Laplacian products.
+
+    ``lap``: L·v of the current iterate, one entry per leaf (``None`` for leaves without
+    consensus, or ``lap=None`` to compute them). Returns (v⁺, u⁺, [L·v⁺ per leaf]): the dual
+    step (4b)/(4d) needs L·v⁺ and the next primal step (5a)/(5b) needs the very same product,
+    so :func:`scan_steps` carries it instead of computing it twice.
+    """
     v_l, treedef = jax.tree.flatten(v)
     h_l, u_l = jax.tree.leaves(h), jax.tree.leaves(u)
-    new_v, new_u = [], []
-    for vi, hi, ui, on in zip(v_l, h_l, u_l, mask):
+    if lap is None:
+        lap = [None] * len(v_l)
+    new_v, new_u, new_lap = [], [], []
+    for vi, hi, ui, on, lv in zip(v_l, h_l, u_l, mask, lap):
         c = lambda a: jnp.asarray(a, vi.dtype)  # noqa: E731
         if on:
-            vn = vi - c(inv_step) * (hi + c(gamma) * ui + c(rho * gamma) * laplacian_matvec(graph, vi))
-            un = ui + c(rho / gamma) * laplacian_matvec(graph, vn)
+            if lv is None:
+                lv = laplacian_matvec(graph, vi)
+            vn = vi - c(inv_step) * (hi + c(gamma) * ui + c(rho * gamma) * lv)
+            lvn = laplacian_matvec(graph, vn)
+            un = ui + c(rho / gamma) * lvn
         else:
-            vn, un = vi - c(inv_step) * hi, ui
+            vn, un, lvn = vi - c(inv_step) * hi, ui, None
         new_v.append(vn)
         new_u.append(un)
-    return jax.tree.unflatten(treedef, new_v), jax.tree.unflatten(treedef, new_u)
+        new_lap.append(lvn)
+    return jax.tree.unflatten(treedef, new_v), jax.tree.unflatten(treedef, new_u), new_lap
+
+
+def _initial_laplacians(graph, v, mask):
+    return [laplacian_matvec(graph, vi) if on else None
+            for vi, on in zip(jax.tree.leaves(v), mask)]
+
+
+def _per_agent(fn, block, n, x, y, data, batch):
+    """``vmap(fn)`` over the agent axis (``data.shared`` unbatched), or, with ``block``, the
+    same in blocks of ``block`` agents (``lax.map(..., batch_size=block)``)."""
+    if block is None or block >= n:
+        return jax.vmap(fn, in_axes=(0, 0, DATA_AXES, 0))(x, y, data, batch)
+    shared = data.shared
+
+    def one(args):
+        xi, yi, ai, bi = args
+        return fn(xi, yi, ProblemData(shared=shared, agents=ai), bi)
+
+    return lax.map(one, (x, y, data.agents, batch), batch_size=int(block))
 
 
 def step(problem: BilevelProblem, config: SLAMConfig, graph: Graph, params: SLAMParams,
          state: SLAMState, data: ProblemData, key) -> SLAMState:
     """One SLAM iteration, eqs. (5a), (4b), (5b), (4d). Pure; jit/vmap/scan/grad-able."""
+    return _step(problem, config, graph, params, state, data, key)[0]
+
+
+def _step(problem, config, graph, params, state, data, key, lap=None):
+    """:func:`step` that takes and returns the Laplacian products (see :func:`_primal_dual`)."""
     n = graph.n
     mask_x, mask_y = config.masks(state.x, state.y)
+    lap_x, lap_y = (None, None) if lap is None else lap
     k = jax.random.fold_in(key, state.step)
     kg, kf = jax.random.split(k)
     vsample = jax.vmap(problem.sample_batch, in_axes=(0, DATA_AXES))
     batch_g = vsample(jax.random.split(kg, n), data)
     batch_f = vsample(jax.random.split(kf, n), data)
+    block = config.agent_block
 
-    h_g = jax.vmap(lambda x, y, d, b: lower_grad(problem, x, y, d, b),
-                   in_axes=(0, 0, DATA_AXES, 0))(state.x, state.y, data, batch_g)
-    y, u_y = primal_dual_update(state.y, h_g, state.u_y, mask_y, graph, 1.0 / params.beta,
-                               params.rho, params.gamma)
-    h_f = jax.vmap(lambda x, y, d, b: hypergradient(problem, x, y, d, b, config.solver),
-                   in_axes=(0, 0, DATA_AXES, 0))(state.x, y, data, batch_f)
-    x, u_x = primal_dual_update(state.x, h_f, state.u_x, mask_x, graph, 1.0 / params.alpha,
-                               params.rho, params.gamma)
-    return SLAMState(x=x, y=y, u_x=u_x, u_y=u_y, step=state.step + 1)
+    h_g = _per_agent(lambda x, y, d, b: lower_grad(problem, x, y, d, b), block, n,
+                     state.x, state.y, data, batch_g)
+    y, u_y, lap_y = _primal_dual(state.y, h_g, state.u_y, mask_y, graph, 1.0 / params.beta,
+                                 params.rho, params.gamma, lap_y)
+    h_f = _per_agent(lambda x, y, d, b: hypergradient(problem, x, y, d, b, config.solver),
+                     block, n, state.x, y, data, batch_f)
+    x, u_x, lap_x = _primal_dual(state.x, h_f, state.u_x, mask_x, graph, 1.0 / params.alpha,
+                                 params.rho, params.gamma, lap_x)
+    return SLAMState(x=x, y=y, u_x=u_x, u_y=u_y, step=state.step + 1), (lap_x, lap_y)
 
 
 def scan_steps(problem, config, graph, params, state, data, key, num_steps: int,
@@ -179,24 +234,33 @@ def scan_steps(problem, config, graph, params, state, data, key, num_steps: int,
 
     ``checkpoint_every=c`` runs an outer scan over T/c rematerialised chunks of c steps, so
     reverse-mode memory grows like O(T/c + c) instead of O(T).
+
+    The products L·x⁺, L·y⁺ of the dual steps (4b)/(4d) are carried to the next iteration's
+    primal steps (5a)/(5b), which need the same products: two Laplacian products per level and
+    step instead of four, with the iterates of repeated :func:`step`.
     """
-    def body(s, _):
-        return step(problem, config, graph, params, s, data, key), None
+    mask_x, mask_y = config.masks(state.x, state.y)
+
+    def body(carry, _):
+        s, lap = carry
+        return _step(problem, config, graph, params, s, data, key, lap), None
 
     num_steps = int(num_steps)
+    carry = (state, (_initial_laplacians(graph, state.x, mask_x),
+                     _initial_laplacians(graph, state.y, mask_y)))
     if not checkpoint_every or checkpoint_every >= num_steps:
-        return lax.scan(body, state, None, length=num_steps)[0]
+        return lax.scan(body, carry, None, length=num_steps)[0][0]
     c = int(checkpoint_every)
     outer, rem = divmod(num_steps, c)
 
     @jax.checkpoint
-    def chunk(s, _):
-        return lax.scan(body, s, None, length=c)[0], None
+    def chunk(cr, _):
+        return lax.scan(body, cr, None, length=c)[0], None
 
-    state = lax.scan(chunk, state, None, length=outer)[0]
+    carry = lax.scan(chunk, carry, None, length=outer)[0]
     if rem:
-        state = lax.scan(body, state, None, length=rem)[0]
-    return state
+        carry = lax.scan(body, carry, None, length=rem)[0]
+    return carry[0]
 
 
 # ----------------------------------------------------------------------------------------

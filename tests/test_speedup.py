@@ -1,0 +1,113 @@
+"""Performance paths of the core must not change the numbers.
+
+* ``SLAMConfig(agent_block=B)`` (per-agent work in blocks via ``lax.map``) equals the plain vmap;
+* ``scan_steps`` (which carries L·x, L·y from the dual step to the next primal step) equals
+  repeated :func:`slamjax.step`;
+* the speedup sweep's Theorem-1 step-size rule respects the stability bound.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import slamjax as sj
+from slamjax.problems.quadratic import make_quadratic
+
+
+def _close(a, b, tol):
+    for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(w), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("block,variant", [(7, "slam"), (64, "slam"), (4, "slam_u")])
+def test_agent_block_matches_vmap(x64, block, variant):
+    n = 30  # 30 % 7 != 0: the remainder block is exercised
+    problem, data, x0, y0 = make_quadratic(n, 3, 4, 2, seed=1, noise=0.2, dtype=jnp.float64)
+    g = sj.graphs.erdos_renyi(n, seed=0)
+    params = sj.SLAMParams.create(25.0, 25.0, 0.3, 1.0)
+    key = jax.random.key(3)
+    ref = sj.solve(problem, g, params, data, x0, y0, key, 12, sj.SLAMConfig(variant))
+    out = sj.solve(problem, g, params, data, x0, y0, key, 12,
+                   sj.SLAMConfig(variant, agent_block=block))
+    _close(out, ref, 1e-12)
+
+
+def test_agent_block_autodiff_problem(x64):
+    n = 12
+    problem, data, x0, y0 = make_quadratic(n, 2, 3, 1, seed=2, dtype=jnp.float64,
+                                           autodiff=True)
+    g = sj.graphs.ring(n)
+    params = sj.SLAMParams.create(25.0, 25.0, 0.5, 1.0)
+    key = jax.random.key(0)
+    ref = sj.solve(problem, g, params, data, x0, y0, key, 8)
+    out = sj.solve(problem, g, params, data, x0, y0, key, 8, sj.SLAMConfig(agent_block=5))
+    _close(out, ref, 1e-12)
+
+
+def test_agent_block_validation():
+    with pytest.raises(ValueError, match="agent_block"):
+        sj.SLAMConfig(agent_block=0)
+    with pytest.raises(ValueError, match="agent_block"):
+        sj.SLAMConfig(agent_block=True)
+    assert sj.SLAMConfig(agent_block=np.int64(8)).agent_block == 8
+
+
+@pytest.mark.parametrize("graph,masks", [("ring", (None, None)),
+                                         ("small_world", ((True, False), None)),
+                                         ("complete", (None, False))])
+def test_scan_carrying_laplacian_equals_repeated_step(x64, graph, masks):
+    n = 16
+    problem, data, x0, y0 = make_quadratic(n, 3, 3, 1, seed=0, noise=0.1, dtype=jnp.float64)
+    x0 = {"a": x0[:, :2], "b": x0[:, 2:]}  # two UL leaves: per-leaf masks
+    base = problem
+
+    def f(x, y, d, b):
+        return base.f(jnp.concatenate([x["a"], x["b"]]), y, d, b)
+
+    def gfun(x, y, d, b):
+        return base.g(jnp.concatenate([x["a"], x["b"]]), y, d, b)
+
+    problem = sj.BilevelProblem(f=f, g=gfun, sample=base.sample)
+    g = sj.make_graph(graph, n, seed=1)
+    params = sj.SLAMParams.create(30.0, 30.0, 0.2 if graph == "complete" else 0.5, 1.0)
+    cfg = sj.SLAMConfig(consensus_x=masks[0], consensus_y=masks[1], solver=sj.CG(5))
+    key = jax.random.key(5)
+    one = jax.jit(sj.step, static_argnums=(0, 1))
+    s = sj.init(x0, y0)
+    for _ in range(9):
+        s = one(problem, cfg, g, params, s, data, key)
+    out = sj.scan_steps(problem, cfg, g, params, sj.init(x0, y0), data, key, 9)
+    _close(out, s, 1e-12)
+    out_ck = sj.scan_steps(problem, cfg, g, params, sj.init(x0, y0), data, key, 9,
+                           checkpoint_every=4)
+    _close(out_ck, s, 1e-12)
+
+
+def _load_sweep():
+    path = Path(__file__).resolve().parents[1] / "experiments" / "speedup_sweep.py"
+    if not path.exists():
+        pytest.skip("experiments/speedup_sweep.py not present")
+    spec = importlib.util.spec_from_file_location("speedup_sweep", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sweep_step_sizes_follow_theorem1_and_are_stable():
+    mod = _load_sweep()
+    T = 4000
+    prev = None
+    for n in (1, 4, 16, 64, 256, 1024, 4096):
+        g = mod.sweep_graph(n)
+        a, b, rho, gamma = mod.theorem1_params(n, T, g.lam_max)
+        assert rho * g.lam_max * (1 + 2 * gamma) < 4 * min(a, b)
+        if prev is not None:  # 1/α grows like √n until the cap
+            assert 1 / a >= 1 / prev - 1e-12
+        prev = a
+
