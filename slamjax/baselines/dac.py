@@ -1,0 +1,49 @@
+"""DAC — decentralized actor-critic of Zhang, Yang, Liu, Zhang & Başar, "Fully decentralized
+multi-agent reinforcement learning with networked agents", ICML 2018 (the paper's ref. [15]).
+
+We follow their Algorithm 2 (state-value critic + estimated team reward), written for the
+discounted objective (211) so that it shares SLAM-AC's networks and data:
+
+* **critic step**: each agent takes a local gradient step on its own TD loss (local reward R_i)
+  and on the reward regression, w̃_i = w_i − (1/β) h_{w,i}, φ̃_i = φ_i − (1/β) h_{φ,i},
+* **one consensus step**: w_i ← Σ_j W_ij w̃_j (the same for φ), W = Metropolis–Hastings weights
+  (:mod:`slamjax.baselines.mixing`) — decentralized gradient descent (DGD),
+* **actor**: the TD error computed locally from the agent's own critic and reward estimate,
+  δ̃_i = R̂(s, a; φ_i) + γ_d V(s'; w_i) − V(s; w_i), times ∇ log π_i(a_i|s) (eq. (212), the same
+  estimator as SLAM-AC, so that the comparison isolates the critic's consensus rule).
+
+Differences from Zhang et al.: neural instead of linear critics, the discounted instead of the
+average-reward criterion, and a batch of 16 episodes per iteration instead of one transition.
+Step sizes as in the paper's §C.2 for all compared algorithms: critic 1e-3, actor 1e-4 (Adam).
+
+Dec-PPO (:mod:`slamjax.baselines.dec_ppo`) uses the same critic rule.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from slamjax.baselines.mixing import mix
+from slamjax.graphs import Graph
+
+__all__ = ["dgd_critic_update", "train"]
+
+
+def dgd_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, config):
+    """``config.critic_steps`` × (local gradient step, one mixing step). ``dual`` is unused
+    and returned unchanged. Returns (critic, dual, mean squared TD error per agent)."""
+    del key
+    tdsq0 = None
+    for _ in range(config.critic_steps):
+        h, tdsq = grad_fn(critic, batch)
+        tdsq0 = tdsq if tdsq0 is None else tdsq0
+        local = jax.tree.map(lambda v, g: v - hp.critic_lr.astype(v.dtype) * g, critic, h)
+        critic = mix(graph, local, 1)
+    return critic, dual, tdsq0
+
+
+def train(*args, **kwargs):
+    """``slamjax.rl.run`` with ``algorithm="dac"``."""
+    from slamjax.rl.train import run
+
+    return run("dac", *args, **kwargs)

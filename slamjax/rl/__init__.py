@@ -1,0 +1,31 @@
+"""Multi-agent actor-critic on cooperative navigation (paper §4 and supplement §C).
+
+* SLAM-AC — SLAM-L (Algorithm 2) on problem (211): critics (value w_i and reward estimator
+  φ_i, the two LL tasks) by SLAM's primal–dual consensus, actors by eq. (212);
+  :mod:`slamjax.rl.slam_ac`.
+* SLAM-PPO — the same critics, PPO actors; :mod:`slamjax.rl.ppo`.
+* Baselines DAC, MDAC and Dec-PPO live in :mod:`slamjax.baselines`.
+
+``run(algorithm, graph, hparams=..., seeds=5, num_updates=...)`` trains every
+(setting × seed) lane in one vmapped, jit-compiled program; ``make_train`` returns the pure
+function for tests and for composing with other transformations.
+"""
+
+from slamjax.rl.core import (ALGORITHMS, ACConfig, ACHyperParams, TrainState, auto_gamma,
+                             canonical_algorithm, check_actions, critic_grads, make_hparams,
+                             td_advantage)
+from slamjax.rl.nets import Actor, MLPHead, apply_agents, init_agents, reward_input
+from slamjax.rl.ppo import gae, ppo_actor_update
+from slamjax.rl.rollout import Transition, collect, episode_return, random_policy_return
+from slamjax.rl.slam_ac import actor_gradient_212, pg_actor_grads, slam_critic_update
+from slamjax.rl.train import (METRICS, RLResult, default_graph, init_state, iteration,
+                              make_train, run)
+
+__all__ = [
+    "ALGORITHMS", "ACConfig", "ACHyperParams", "Actor", "METRICS", "MLPHead", "RLResult",
+    "TrainState", "Transition", "actor_gradient_212", "apply_agents", "auto_gamma",
+    "canonical_algorithm", "check_actions", "collect", "critic_grads", "default_graph",
+    "episode_return", "gae", "init_agents", "init_state", "iteration", "make_hparams",
+    "make_train", "pg_actor_grads", "ppo_actor_update", "random_policy_return",
+    "reward_input", "run", "slam_critic_update", "td_advantage",
+]

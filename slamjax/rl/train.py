@@ -1,0 +1,324 @@
+"""The training loop shared by SLAM-AC, DAC, MDAC, SLAM-PPO and Dec-PPO.
+
+One update round (``iteration``): collect one episode in each of ``num_envs`` environments,
+shuffle the E·T transitions into K = ``iters_per_round`` minibatches and run K iterations,
+each a critic (LL) update by the algorithm's rule followed by an actor (UL) step by eq. (212)
+evaluated at the *new* critics (SLAM's order: y^{r+1} first, then x^{r+1}); PPO algorithms
+run the K critic steps and then the PPO epochs on the whole round.
+
+``make_train(config, num_updates)`` returns a pure ``train(graph, hp, key) -> (state,
+metrics)``: initialisation and all rounds as one ``lax.scan`` (jit and vmap it). ``run(...)`` is the
+people-facing version: every (hyperparameter setting × seed) pair is one lane of a ``vmap``
+and the updates are a ``lax.scan`` inside jit-compiled chunks; a thin host loop over the chunks
+prints progress. Metrics are recorded at every update round:
+
+* ``return`` — mean over the round's episodes of Σ_t R̄_t, R̄ = (1/n) Σ_i R_i (the
+  undiscounted 25-step return of the team-average reward: the paper's "averaged reward");
+* ``consensus`` — ‖A y‖² = Σ_{(i,j)∈E} ‖y_i − y_j‖² over both critic networks, after the update;
+* ``td_sq`` — mean squared TD error of the value critics on the round's first minibatch,
+  before its update;
+* ``entropy`` — mean policy entropy at the batch states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from slamjax.graphs import Graph, erdos_renyi
+from slamjax.metrics import consensus_error
+from slamjax.rl.core import (ACConfig, ACHyperParams, TrainState, critic_grads, make_batch,
+                             make_hparams, td_advantage)
+from slamjax.rl.nets import apply_agents, init_agents
+from slamjax.rl.ppo import gae, ppo_actor_update
+from slamjax.rl.rollout import collect, episode_return, random_policy_return
+from slamjax.rl.slam_ac import pg_actor_grads
+
+__all__ = ["init_state", "iteration", "make_train", "run", "RLResult", "default_graph",
+           "METRICS", "FAST_COMPILE"]
+
+METRICS = ("return", "consensus", "td_sq", "entropy")
+
+
+def _critic_rule(name: str):
+    if name == "slam":
+        from slamjax.rl.slam_ac import slam_critic_update as rule
+    elif name == "dgd":
+        from slamjax.baselines.dac import dgd_critic_update as rule
+    elif name == "mdac":
+        from slamjax.baselines.mdac import mdac_critic_update as rule
+    else:  # pragma: no cover - ACConfig validates the algorithm
+        raise ValueError(f"unknown critic rule {name!r}")
+    return rule
+
+
+def _tx(config: ACConfig, lr) -> optax.GradientTransformation:
+    return optax.adam(lr) if config.actor_optimizer == "adam" else optax.sgd(lr)
+
+
+def default_graph(n: int, seed: int = 0, p: float | None = None) -> Graph:
+    """The first connected Erdős–Rényi draw G(n, p) with seeds ``seed, seed+1, …``
+    (p defaults to 2 ln(n)/n, above the connectivity threshold)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n (number of agents) must be an int >= 1, got {n!r}")
+    last = None
+    for s in range(seed, seed + 100):
+        try:
+            return erdos_renyi(int(n), p, seed=s)
+        except ValueError as e:  # disconnected draw
+            last = e
+    raise ValueError(f"no connected Erdős–Rényi graph in 100 draws: {last}")
+
+
+def init_state(config: ACConfig, hp: ACHyperParams, key) -> TrainState:
+    """Independent random networks for every agent (one key each); duals u = 0."""
+    actor, vnet, rnet = config.nets()
+    n = config.n
+    ka, kw, kp, kr = jax.random.split(key, 4)
+    actor_params = init_agents(actor, ka, n, jnp.zeros((config.actor_dim,), jnp.float32))
+    obs0 = jnp.zeros((config.critic_dim,), jnp.float32)
+    rin0 = jnp.zeros((config.critic_dim + 5 * n,), jnp.float32)
+    critic = {"w": init_agents(vnet, kw, n, obs0), "phi": init_agents(rnet, kp, n, rin0)}
+    dual = jax.tree.map(jnp.zeros_like, critic)
+    opt = _tx(config, hp.actor_lr).init(actor_params)
+    return TrainState(actor_params, opt, critic, dual, kr, jnp.zeros((), jnp.int32))
+
+
+def _pg_iteration(config, graph, hp, carry, mb, key):
+    """One SLAM-L iteration on a minibatch: LL (critic rule), then UL (eq. (212)) at y^{r+1}."""
+    actor_params, opt, critic, dual = carry
+    actor, vnet, rnet = config.nets()
+    batch, actor_obs, actions = mb
+    grad_fn = lambda c, b: critic_grads(vnet, rnet, c, b, hp.discount)  # noqa: E731
+    critic, dual, tdsq = _critic_rule(config.critic_rule)(critic, dual, grad_fn, batch, graph,
+                                                          hp, key, config)
+    adv = td_advantage(vnet, rnet, critic, batch.obs, batch.rin, batch.next_obs, hp.discount)
+    g = pg_actor_grads(actor, actor_params, actor_obs, actions, adv, hp.discount)
+    upd, opt = _tx(config, hp.actor_lr).update(jax.tree.map(jnp.negative, g), opt, actor_params)
+    return (optax.apply_updates(actor_params, upd), opt, critic, dual), jnp.mean(tdsq)
+
+
+def iteration(config: ACConfig, graph: Graph, hp: ACHyperParams, state: TrainState):
+    """One update round of the configured algorithm (pure). Returns (state, metrics dict).
+
+    Collect one episode in each of ``num_envs`` environments (E·T transitions), then
+    * PG algorithms (SLAM-AC, DAC, MDAC): shuffle the transitions into ``iters_per_round``
+      minibatches and run that many iterations, each = critic rule + one actor step (212);
+    * PPO algorithms: ``iters_per_round`` critic-rule steps on the minibatches, then GAE with
+      the new critics and the PPO epochs on the whole round.
+    """
+    env = config.env()
+    actor, vnet, rnet = config.nets()
+    key, k_roll, k_perm, k_crit, k_act = jax.random.split(state.key, 5)
+    traj = collect(env, actor, state.actor, k_roll, config.num_envs, config.actor_dim)
+    T, E = traj.obs.shape[:2]
+    flat = jax.tree.map(lambda x: x.reshape((T * E,) + x.shape[2:]), traj)
+    dc, da = config.critic_dim, config.actor_dim
+    batch = make_batch(flat.obs[:, :dc], flat.actions, flat.rewards, flat.next_obs[:, :dc])
+    actor_obs = flat.obs[:, :da]
+    K, M = config.iters_per_round, config.minibatch_size
+    perm = jax.random.permutation(k_perm, T * E)[: K * M].reshape(K, M)
+    mbs = jax.tree.map(lambda x: x[perm], (batch, actor_obs, flat.actions))
+    crit_keys = jax.random.split(k_crit, K)
+
+    if config.actor_rule == "pg":
+        def body(carry, xs):
+            mb, k = xs
+            return _pg_iteration(config, graph, hp, carry, mb, k)
+
+        (actor_params, opt, critic, dual), tdsq = lax.scan(
+            body, (state.actor, state.actor_opt, state.critic, state.dual), (mbs, crit_keys))
+    else:
+        rule = _critic_rule(config.critic_rule)
+        grad_fn = lambda c, b: critic_grads(vnet, rnet, c, b, hp.discount)  # noqa: E731
+
+        def body(carry, xs):
+            (mb, _, _), k = xs
+            c, d, td = rule(*carry, grad_fn, mb, graph, hp, k, config)
+            return (c, d), jnp.mean(td)
+
+        (critic, dual), tdsq = lax.scan(body, (state.critic, state.dual), (mbs, crit_keys))
+        adv = td_advantage(vnet, rnet, critic, batch.obs, batch.rin, batch.next_obs,
+                           hp.discount)
+        A = gae(adv.reshape(config.n, T, E), hp.discount, hp.gae_lambda).reshape(config.n, -1)
+        actor_params, opt, _ = ppo_actor_update(
+            actor, _tx(config, hp.actor_lr), state.actor, state.actor_opt, actor_obs,
+            flat.actions, flat.logp, A, hp.clip_eps, k_act, config.ppo_epochs,
+            config.ppo_minibatches)
+
+    logits = apply_agents(actor, state.actor, actor_obs)
+    p = jax.nn.softmax(logits)
+    entropy = -jnp.mean(jnp.sum(p * jax.nn.log_softmax(logits), axis=-1))
+    metrics = {"return": episode_return(traj), "consensus": consensus_error(graph, critic),
+               "td_sq": tdsq[0], "entropy": entropy}
+    new = TrainState(actor_params, opt, critic, dual, key, state.step + 1)
+    return new, metrics
+
+
+def _scan(config, graph, hp, state, length: int):
+    def body(s, _):
+        return iteration(config, graph, hp, s)
+
+    return lax.scan(body, state, None, length=length)
+
+
+def make_train(config: ACConfig, num_updates: int):
+    """Pure ``train(graph, hp, key) -> (final TrainState, metrics dict of (num_updates,))``:
+    initialisation and ``num_updates`` update rounds in one ``lax.scan``; jit / vmap it."""
+    num_updates = int(num_updates)
+    if num_updates < 1:
+        raise ValueError(f"num_updates must be >= 1, got {num_updates}")
+
+    def train(graph, hp, key):
+        return _scan(config, graph, hp, init_state(config, hp, key), num_updates)
+
+    return train
+
+
+#: XLA options for ``fast_compile=True``: no LLVM optimisation of the generated CPU code.
+#: Compiles ~3-5x faster and runs ~2-7x slower — right for tests and ``--quick`` runs.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+@functools.lru_cache(maxsize=64)
+def _batched_fns(config: ACConfig, length: int):
+    init = jax.jit(jax.vmap(lambda hp, k: init_state(config, hp, k)))
+    chunk = jax.jit(jax.vmap(lambda g, hp, s: _scan(config, g, hp, s, length),
+                             in_axes=(None, 0, 0)), donate_argnums=(2,))
+    return init, chunk
+
+
+@dataclasses.dataclass
+class RLResult:
+    """Outcome of :func:`run`. ``metrics[name]`` has shape (H, S, U): hyperparameter settings ×
+    seeds × update rounds."""
+
+    config: ACConfig
+    hparams: list
+    seeds: list
+    metrics: dict
+    graph: Graph
+    compile_time: float
+    run_time: float
+    random_return: float
+
+    @property
+    def num_updates(self) -> int:
+        return next(iter(self.metrics.values())).shape[-1]
+
+    @property
+    def diverged_at(self) -> np.ndarray:
+        """(H, S): first round whose critic or actor metrics are not finite (−1: never). After
+        that round the returns are meaningless (NaN logits sample a fixed action)."""
+        bad = np.zeros(np.shape(self.metrics["return"]), bool)
+        for k in ("td_sq", "consensus", "entropy", "return"):
+            bad |= ~np.isfinite(np.asarray(self.metrics[k]))
+        return np.where(bad.any(-1), bad.argmax(-1), -1)
+
+    def final(self, window: int = 50, name: str = "return") -> np.ndarray:
+        """Per-run mean of ``name`` over the last ``window`` rounds, shape (H, S)."""
+        return np.asarray(self.metrics[name])[..., -window:].mean(axis=-1)
+
+    def to_dict(self) -> dict:
+        return {
+            "algorithm": self.config.algorithm,
+            "config": dataclasses.asdict(self.config),
+            "hparams": [{k: float(v) for k, v in h._asdict().items()} for h in self.hparams],
+            "seeds": list(self.seeds),
+            "graph": {"kind": self.graph.kind, "n": self.graph.n,
+                      "edges": self.graph.edges().tolist(), "lam_max": self.graph.lam_max},
+            "compile_time_s": self.compile_time,
+            "run_time_s": self.run_time,
+            "random_policy_return": self.random_return,
+            "diverged_at": self.diverged_at.tolist(),
+            "metrics": {k: np.asarray(v).tolist() for k, v in self.metrics.items()},
+        }
+
+
+def _stack(hps: Sequence[ACHyperParams], S: int) -> ACHyperParams:
+    return jax.tree.map(lambda *v: jnp.repeat(jnp.stack(v), S), *hps)
+
+
+def run(algorithm: str | ACConfig = "slam_ac", graph: Graph | None = None, *,
+        hparams: ACHyperParams | Sequence[ACHyperParams] | None = None,
+        seeds: int | Sequence[int] = 5, num_updates: int = 1000, chunk: int = 250,
+        progress: bool = True, desc: str | None = None, fast_compile: bool = False,
+        **config_kwargs) -> RLResult:
+    """Train ``algorithm`` for every hyperparameter setting × seed in one vmapped program.
+
+    ``algorithm``: a name (``slam_ac``, ``dac``, ``mdac``, ``slam_ppo``, ``dec_ppo``) plus
+    ``ACConfig`` keyword arguments, or an :class:`ACConfig`. ``graph`` defaults to
+    :func:`default_graph` (n). ``hparams`` defaults to :func:`make_hparams` (paper values).
+    ``seeds``: a count (0..k−1) or a list; the same seeds are used for every setting (and, by
+    the caller, for every algorithm), so runs are paired across algorithms.
+    ``num_updates`` counts update rounds (each = one episode per environment + K iterations).
+    ``fast_compile`` trades run time for compile time (:data:`FAST_COMPILE`).
+    """
+    config = algorithm if isinstance(algorithm, ACConfig) else ACConfig(algorithm, **config_kwargs)
+    if isinstance(algorithm, ACConfig) and config_kwargs:
+        config = dataclasses.replace(config, **config_kwargs)
+    graph = default_graph(config.n) if graph is None else graph
+    if not isinstance(graph, Graph):
+        raise ValueError(f"graph must be a slamjax Graph, got {type(graph).__name__}")
+    if graph.n != config.n:
+        raise ValueError(f"graph has n={graph.n} agents but the config has n={config.n}")
+    if hparams is None:
+        hparams = [make_hparams(graph)]
+    elif isinstance(hparams, ACHyperParams):
+        hparams = [hparams]
+    hparams = list(hparams)
+    seeds = list(range(seeds)) if isinstance(seeds, (int, np.integer)) else list(seeds)
+    if not seeds:
+        raise ValueError("need at least one seed")
+    num_updates = int(num_updates)
+    if num_updates < 1:
+        raise ValueError(f"num_updates must be >= 1, got {num_updates}")
+    H, S = len(hparams), len(seeds)
+    hp = _stack(hparams, S)
+    keys = jnp.stack([jax.random.key(int(s)) for s in seeds] * H)
+    chunk = max(1, min(int(chunk), num_updates))
+    rem = num_updates % chunk
+    sizes = [chunk] * (num_updates // chunk) + ([rem] if rem else [])
+    desc = desc or config.display_name
+
+    opts = FAST_COMPILE if fast_compile else None
+    t0 = time.perf_counter()
+    compiled = {}
+    init, _ = _batched_fns(config, chunk)
+    state = init.lower(hp, keys).compile(compiler_options=opts)(hp, keys)
+    for L in sorted(set(sizes)):
+        _, fn = _batched_fns(config, L)
+        compiled[L] = fn.lower(graph, hp, state).compile(compiler_options=opts)
+    jax.block_until_ready(state)
+    compile_time = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    logs, done = [], 0
+    for L in sizes:
+        state, m = compiled[L](graph, hp, state)
+        m = jax.device_get(m)
+        logs.append(m)
+        done += L
+        if progress:
+            r = np.asarray(m["return"])[..., -min(L, 20):].mean(axis=-1)
+            print(f"  [{desc}] it {done:6d}/{num_updates}  return {r.mean():8.3f} "
+                  f"(min {r.min():.2f}, max {r.max():.2f})  {time.perf_counter() - t0:6.1f}s",
+                  file=sys.stderr, flush=True)
+    run_time = time.perf_counter() - t0
+    metrics = {k: np.concatenate([np.asarray(m[k]) for m in logs], axis=-1).reshape(H, S, -1)
+               for k in logs[0]}
+    rand = random_policy_return(config.n, jax.random.key(12345), max_steps=config.max_steps,
+                                local_ratio=config.local_ratio)
+    return RLResult(config, hparams, seeds, metrics, graph, compile_time, run_time, rand)
