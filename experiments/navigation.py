@@ -65,7 +65,7 @@ FIGURES = {
               rounds=3000, quick_rounds=200),
     "7": dict(title="Fig. 7: SLAM-PPO vs Dec-PPO, n = 3", ns=[3],
               algorithms=["slam_ppo", "dec_ppo"], rounds=6000, quick_rounds=300),
-    "ablation": dict(title="Ablations of SLAM-AC (n = 3): the choices the paper leaves open",
+    "ablation": dict(title="SLAM-AC ablations, n = 3",
                      ns=[3], algorithms=["slam_ac"], rounds=2000, quick_rounds=150),
 }
 #: ablation label -> (ACConfig overrides, make_hparams overrides)

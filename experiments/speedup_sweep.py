@@ -25,7 +25,7 @@ Figures: ‖∇F(1x̄^r)‖² (seed mean) against iterations and against total s
 (= 2 minibatches × n agents × r) at one common horizon, and T_ε against n with the fit.
 Writes ``results/speedup_sweep.json`` and ``results/speedup_sweep.png``.
 
-    python experiments/speedup_sweep.py            # n = 1 … 4096 (~5–10 min on 2 cores)
+    python experiments/speedup_sweep.py            # n = 1 … 4096 (~10 min on 2 cores)
     python experiments/speedup_sweep.py --quick    # n = 1 … 64 (< 1 min)
     slamjax sweep [--quick] [...]                  # the same through the CLI
 """
@@ -64,7 +64,7 @@ def sweep_graph(n: int):
     return sj.graphs.erdos_renyi(n, seed=0)
 
 
-def theorem1_params(n: int, T: int, lam_max: float, c: float = 0.25, eta_max: float = 0.25,
+def theorem1_params(n: int, T: int, lam_max: float, c: float = 0.25, eta_max: float = 0.1,
                     gamma: float = GAMMA):
     """(α, β, ρ, γ): 1/α = 1/β = min(c·√(n/T), η_max); ρ at half the stability bound."""
     eta = min(c * math.sqrt(n / T), eta_max)
@@ -112,11 +112,11 @@ def main(argv=None) -> int:
                     help="relative ε (default 0.005; quick 0.02)")
     ap.add_argument("--x0", type=float, default=1.0, help="common initial UL value (1.0)")
     ap.add_argument("--c", type=float, default=0.25, help="1/α = c·√(n/T) (0.25)")
-    ap.add_argument("--eta-max", type=float, default=0.25, help="step-size cap (0.25)")
+    ap.add_argument("--eta-max", type=float, default=0.1, help="step-size cap (0.1)")
     ap.add_argument("--t-min", type=int, default=32, help="smallest horizon (32)")
     ap.add_argument("--t-max", type=int, default=None, help="largest horizon (2^18)")
     ap.add_argument("--t-plot", type=int, default=None,
-                    help="common horizon of the curves (default 4096; quick 1024)")
+                    help="common horizon of the curves (default 2048; quick 1024)")
     ap.add_argument("--out", default=str(ROOT / "results"))
     ap.add_argument("--name", default="speedup_sweep")
     args = ap.parse_args(argv)
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     seeds = list(range(args.seeds or (4 if quick else 8)))
     t_max = args.t_max or (2**14 if quick else 2**18)
     args.eps_rel = args.eps_rel or (0.02 if quick else 0.005)
-    t_plot = args.t_plot or (1024 if quick else 4096)
+    t_plot = args.t_plot or (1024 if quick else 2048)
     log_every = 1   # ‖∇F(1x̄^r)‖² at every iteration: the average of Theorem 1 exactly
     chunk = args.t_min  # logs per compiled chunk: one compile per n, reused by every horizon
 

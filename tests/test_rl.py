@@ -3,8 +3,10 @@
 * every algorithm (SLAM-AC, DAC, MDAC, SLAM-PPO, Dec-PPO) improves the return on a tiny
   configuration (n = 2 agents, 8 environments, 400 update rounds, 2 seeds) well beyond the
   random policy, whose return is measured here on 512 episodes;
-* SLAM-AC's critics reach consensus from independent initialisations, and its duals stay in
-  the range of Aᵀ (they sum to zero over the agents);
+* SLAM-AC's and SLAM-PPO's critics reach consensus from independent initialisations (the
+  consensus error shrinks by > 1000×), and the duals stay in the range of Aᵀ (they sum to
+  zero over the agents); DAC/MDAC/Dec-PPO critics are averaged exactly on the single edge;
+* training is deterministic (same seeds, same numbers);
 * eq. (212) for one sample equals a hand computation of ∇ log softmax through the MLP;
 * bad input gives ValueError with a clear message.
 
@@ -24,7 +26,6 @@ import pytest
 import slamjax.rl as rl
 from slamjax.baselines import mixing_matrix, spectral_gap
 from slamjax.graphs import ring
-from slamjax.metrics import consensus_error
 from slamjax.rl.train import FAST_COMPILE
 
 N = 2
@@ -56,48 +57,48 @@ def _train(algorithm: str):
     return config, hp, keys, compiled, state, jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("algorithm", ["slam_ac", "dac", "mdac", "slam_ppo", "dec_ppo"])
-def test_improves_well_beyond_random_policy(algorithm):
-    _, _, _, _, _, m = _train(algorithm)
-    ret = np.asarray(m["return"])  # (seeds, rounds)
-    assert np.all(np.isfinite(ret))
-    rand = _random_return()
-    first = ret[:, :20].mean()
-    final = ret[:, -50:].mean(axis=1)  # per seed
-    # n = 2: the random policy scores -20.7, the untrained networks about -22.2; after 400
-    # rounds every algorithm and seed is at -15.5 to -16.4 (measured). Require >= 3 above random
-    # for every seed and >= 5 above the start on average.
-    assert np.all(final > rand + 3.0), (algorithm, final, rand)
-    assert final.mean() > first + 5.0, (algorithm, final, first)
-
-
-def test_slam_ac_critics_reach_consensus_and_duals_sum_to_zero():
-    config, hp, keys, _, state, m = _train("slam_ac")
-    graph = _graph()
-    err0 = np.asarray(jax.jit(jax.vmap(lambda k: consensus_error(
-        graph, rl.init_state(config, hp, k).critic)))(keys))
+def _check_slam_consensus(state, m):
+    """Critics start apart (independent initialisations) and reach consensus; the duals
+    u = Aᵀω stay in the range of Aᵀ, so they sum to zero over the agents."""
     err = np.asarray(m["consensus"])  # after every round
-    assert np.all(err0 > 1.0)  # independent initialisations
+    err0 = err[:, 0]  # after the first round (4 iterations): still of the initial size
+    assert np.all(err0 > 1.0)
     assert np.all(err[:, -1] < 1e-3 * err0), (err0, err[:, -1])
     assert np.all(err[:, 50:].max(axis=1) < 1e-2 * err0)  # and it stays there
-    # u = Aᵀω is in the range of Aᵀ: its sum over the agents is zero
     for leaf in jax.tree.leaves(state.dual):
         s = np.asarray(leaf).sum(axis=1)  # axis 0: seeds, axis 1: agents
         assert np.max(np.abs(s)) < 1e-4 * (1.0 + np.max(np.abs(np.asarray(leaf))))
 
 
-def test_dac_mixing_keeps_critics_in_consensus():
-    _, _, _, _, _, m = _train("dac")
-    # one Metropolis step on a single edge averages exactly
-    assert np.all(np.asarray(m["consensus"]) < 1e-8)
+# One test per algorithm (each trains once; xdist spreads them over the workers).
+@pytest.mark.parametrize("algorithm", ["slam_ac", "dac", "mdac", "slam_ppo", "dec_ppo"])
+def test_training_run(algorithm):
+    config, hp, keys, compiled, state, m = _train(algorithm)
+    ret = np.asarray(m["return"])  # (seeds, rounds)
+    assert np.all(np.isfinite(ret))
 
+    # 1. improves well beyond the random policy (measured here on 512 episodes).
+    # n = 2: the random policy scores -20.7, the untrained networks about -22.2; after 400
+    # rounds every algorithm and seed is at -15.5 to -16.4 (measured). Require >= 3 above random
+    # for every seed and >= 5 above the start on average.
+    rand = _random_return()
+    first = ret[:, :20].mean()
+    final = ret[:, -50:].mean(axis=1)  # per seed
+    assert np.all(final > rand + 3.0), (algorithm, final, rand)
+    assert final.mean() > first + 5.0, (algorithm, final, first)
 
-def test_training_is_deterministic():
-    config, hp, keys, compiled, state, m = _train("slam_ac")
-    state2, m2 = compiled(_graph(), hp, keys)
-    np.testing.assert_array_equal(np.asarray(m2["return"]), np.asarray(m["return"]))
-    for a, b in zip(jax.tree.leaves(state.actor), jax.tree.leaves(state2.actor)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # 2. the critics' consensus
+    if config.critic_rule == "slam":
+        _check_slam_consensus(state, m)
+    else:  # one Metropolis step on a single edge averages exactly
+        assert np.all(np.asarray(m["consensus"]) < 1e-8)
+
+    # 3. same seeds -> the same numbers
+    if algorithm == "slam_ac":
+        state2, m2 = compiled(_graph(), hp, keys)
+        np.testing.assert_array_equal(np.asarray(m2["return"]), ret)
+        for a, b in zip(jax.tree.leaves(state.actor), jax.tree.leaves(state2.actor)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # ---------------------------------------------------------------------------------------
@@ -227,8 +228,21 @@ def test_algorithm_names_are_normalised():
 
 @functools.lru_cache(maxsize=None)
 def _params(n, seed=0):
-    init = jax.jit(lambda k: rl.init_agents(rl.Actor(), k, n, jnp.zeros(4 * n)))
-    return init(jax.random.key(seed))
+    """Stacked actor parameters with the structure of ``rl.init_agents(rl.Actor(), ...)``,
+    drawn with NumPy (no flax initialiser to compile)."""
+    rng = np.random.default_rng(seed)
+    d, h, a = 4 * n, rl.nets.HIDDEN, 5
+    f = lambda *shape: jnp.asarray(rng.normal(scale=0.5, size=(n,) + shape), jnp.float32)  # noqa: E731
+    return {"params": {"hidden": {"kernel": f(d, h), "bias": f(h)},
+                       "logits": {"kernel": f(h, a), "bias": f(a)}}}
+
+
+def test_numpy_params_match_the_flax_structure():
+    ref = jax.eval_shape(lambda k: rl.init_agents(rl.Actor(), k, 2, jnp.zeros(8)),
+                         jax.random.key(0))
+    assert jax.tree.structure(ref) == jax.tree.structure(_params(2))
+    assert [x.shape for x in jax.tree.leaves(ref)] == [x.shape for x in
+                                                      jax.tree.leaves(_params(2))]
 
 
 @pytest.mark.parametrize("actions", [
