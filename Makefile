@@ -26,4 +26,4 @@ test-all: setup
 	$(BIN)/python -m pytest -n 2
 
 clean:
-	rm -rf $(VENV) .pytest_cache results/*.png results/*.json
+	rm -rf $(VENV) .pytest_cache
