@@ -380,9 +380,10 @@ class NumpyLoop:
         return out
 
     def cg(self, rhs):
-        v = np.zeros_like(rhs)
-        r = rhs.copy()
-        q = rhs.copy()
+        # works for NumPy arrays and torch tensors alike (no in-place updates, so no copies)
+        v = 0 * rhs
+        r = rhs
+        q = rhs
         rs = float(r @ r)
         for _ in range(K_CG):
             hq = self.H @ q
@@ -439,22 +440,6 @@ class TorchLoop(NumpyLoop):
         self.y = [torch.from_numpy(row.copy()) for row in y]
         self.ux = [torch.zeros_like(row) for row in self.x]
         self.uy = [torch.zeros_like(row) for row in self.y]
-
-    def cg(self, rhs):
-        v = self.torch.zeros_like(rhs)
-        r = rhs.clone()
-        q = rhs.clone()
-        rs = float(r @ r)
-        for _ in range(K_CG):
-            hq = self.H @ q
-            den = float(q @ hq)
-            a = rs / den if den > 0 else 0.0
-            v = v + a * q
-            r = r - a * hq
-            rs_new = float(r @ r)
-            q = r + (rs_new / rs if rs > 0 else 0.0) * q
-            rs = rs_new
-        return v
 
     def step(self):
         with self.torch.no_grad():
