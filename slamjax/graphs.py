@@ -1,4 +1,21 @@
-"""Communication graphs and Laplacian–vector products.
+"""Communication graphs: the one object through which agents are coupled.
+
+A :class:`Graph` is the *communication object* of every algorithm (SLAM, the peers in
+:mod:`slamjax.baselines`, the RL critics, the metrics and the multi-device runs): nothing else
+in the library touches another agent's row. Its four operations, for any pytree whose leaves
+carry the agent axis first:
+
+* ``graph.laplacian(v)``      — L·v, L = AᵀA (SLAM's eqs. (5a)–(4d));
+* ``graph.mix(v, steps=1)``   — W·v with the doubly-stochastic Metropolis–Hastings matrix
+  W_ij = 1/(1 + max(d_i, d_j)) on edges, W_ii = 1 − Σ_j W_ij (gossip: DSGD, DAC, MDAC, …);
+* ``graph.disagreement(v)``   — ‖A v‖² = Σ_{(i,j)∈E} ‖v_i − v_j‖², edge by edge (≥ 0);
+* ``graph.messages(v)``       — scalars sent when every agent sends ``v_i`` to each neighbour
+  once (2|E|·size(v_i)): what one exchange costs on a real network.
+
+Implementations (the ``mixing`` mode, chosen by :func:`with_mixing`) are the sparse
+``segment_sum`` path, the ring/torus stencil, the O(n) complete graph and a dense n×n matrix;
+:class:`slamjax.sharding.PartitionedGraph` is the multi-device implementation (halo exchange or
+partitioned edges). A fault model (dropped links, time-varying edges) is a further subclass.
 
 A :class:`Graph` is a JAX pytree: its edge arrays are leaves (so a graph is passed to jitted
 functions as an argument, never baked in as a constant), and its kind, size, λ_max(L) and mixing
@@ -40,6 +57,9 @@ __all__ = [
     "laplacian_matvec",
     "laplacian_dense",
     "make_graph",
+    "metropolis_weights",
+    "mixing_matrix",
+    "spectral_gap",
     "path",
     "ring",
     "small_world",
@@ -108,6 +128,57 @@ class Graph:
         :mod:`slamjax.sharding` (halo exchange / partitioned edges across devices)."""
         return _leaf_matvec(self, x)
 
+    # -- the communication interface ------------------------------------------------------
+    def laplacian(self, tree: Any) -> Any:
+        """L·v for every leaf of ``tree`` (agent axis first)."""
+        return jax.tree.map(self._matvec_leaf, tree)
+
+    @property
+    def regular_degree(self) -> int | None:
+        """The common degree of a ring, torus or complete graph (``None`` otherwise)."""
+        if self.kind == "ring" and self.n >= 3:
+            return 2
+        if self.kind == "torus":
+            return 4
+        if self.kind == "complete":
+            return self.n - 1
+        return None
+
+    def mix(self, tree: Any, steps: int = 1) -> Any:
+        """W·v (``steps`` times, static) with the Metropolis–Hastings weights.
+
+        On a regular graph of degree d, W = I − L/(d + 1), computed with :meth:`laplacian`
+        (stencil, O(n) complete graph, or the partitioned product); otherwise an O(n + |E|)
+        ``segment_sum`` of weighted differences: (W v)_i = v_i − Σ_{j∈N_i} W_ij (v_i − v_j).
+        """
+        steps = int(steps)
+        if steps < 0:
+            raise ValueError(f"mix: steps must be ≥ 0, got {steps}")
+        if steps == 0 or self.n == 1:
+            return tree
+        d = self.regular_degree
+        if d is not None:
+            one = lambda t: jax.tree.map(  # noqa: E731
+                lambda v: v - self._matvec_leaf(v) * jnp.asarray(1.0 / (d + 1), v.dtype), t)
+        else:
+            w = metropolis_weights(self)
+            one = lambda t: jax.tree.map(lambda v: _mix_leaf(self, w, v), t)  # noqa: E731
+        if steps == 1:
+            return one(tree)
+        return jax.lax.fori_loop(0, steps, lambda _, t: one(t), tree)
+
+    def disagreement(self, tree: Any) -> jax.Array:
+        """‖A v‖² = Σ_{(i,j)∈E} ‖v_i − v_j‖² (= ⟨v, L v⟩), summed over the leaves of ``tree``,
+        computed edge by edge so that it is never negative."""
+        return sum(_leaf_disagreement(self, leaf) for leaf in jax.tree.leaves(tree))
+
+    def messages(self, tree: Any) -> int:
+        """Scalars sent when every agent sends its row of ``tree`` to each neighbour once:
+        2|E| · (numbers per agent). A Python int (shapes are static)."""
+        per_agent = sum(int(np.prod(np.shape(leaf)[1:], dtype=np.int64))
+                        for leaf in jax.tree.leaves(tree))
+        return 2 * self.num_edges * per_agent
+
     def to_networkx(self):
         import networkx as nx
 
@@ -146,8 +217,58 @@ def _leaf_matvec(graph: Graph, x: jax.Array) -> jax.Array:
 
 
 def laplacian_matvec(graph: Graph, tree: Any) -> Any:
-    """``L x`` for every leaf of ``tree`` (agent axis first). O(n + |E|) except in dense mode."""
-    return jax.tree.map(graph._matvec_leaf, tree)
+    """``L x`` for every leaf of ``tree`` (agent axis first). O(n + |E|) except in dense mode.
+    Same as ``graph.laplacian(tree)``."""
+    return graph.laplacian(tree)
+
+
+def _leaf_disagreement(graph: Graph, v: jax.Array) -> jax.Array:
+    if graph.mixing == "stencil":
+        if graph.kind == "ring":
+            return jnp.sum((v - jnp.roll(v, 1, axis=0)) ** 2)
+        z = v.reshape(graph.shape + v.shape[1:])
+        return jnp.sum((z - jnp.roll(z, 1, 0)) ** 2) + jnp.sum((z - jnp.roll(z, 1, 1)) ** 2)
+    if graph.mixing == "complete":
+        return graph.n * jnp.sum((v - jnp.mean(v, axis=0)) ** 2)
+    if graph.mixing == "dense":
+        return jnp.maximum(jnp.vdot(v, graph._matvec_leaf(v)), 0.0)
+    # both directions of every edge are stored: halve the sum
+    return 0.5 * jnp.sum((v[graph.senders] - v[graph.receivers]) ** 2)
+
+
+# ----------------------------------------------------------------------------------------
+# Metropolis–Hastings gossip
+# ----------------------------------------------------------------------------------------
+def metropolis_weights(graph: Graph) -> jax.Array:
+    """Weight W_ij = 1/(1 + max(d_i, d_j)) of every directed edge (senders[e] = i,
+    receivers[e] = j)."""
+    deg = graph.degree
+    return 1.0 / (1.0 + jnp.maximum(deg[graph.senders], deg[graph.receivers]).astype(jnp.float32))
+
+
+def _mix_leaf(graph: Graph, w, v):
+    if graph.senders.shape[0] == 0:
+        return v
+    diff = v[graph.senders] - v[graph.receivers]  # (2|E|, ...)
+    wd = w.astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - 1)) * diff
+    return v - jax.ops.segment_sum(wd, graph.senders, num_segments=graph.n,
+                                   indices_are_sorted=True)
+
+
+def mixing_matrix(graph: Graph) -> np.ndarray:
+    """Dense Metropolis W (host NumPy; tests and diagnostics)."""
+    W = np.zeros((graph.n, graph.n))
+    w = np.asarray(metropolis_weights(graph), dtype=float)
+    s, r = np.asarray(graph.senders), np.asarray(graph.receivers)
+    W[s, r] = w
+    W[np.arange(graph.n), np.arange(graph.n)] = 1.0 - W.sum(axis=1)
+    return W
+
+
+def spectral_gap(graph: Graph) -> float:
+    """1 − |λ₂(W)|: the per-round contraction of disagreement by one mixing step."""
+    ev = np.sort(np.abs(np.linalg.eigvalsh(mixing_matrix(graph))))[::-1]
+    return float(1.0 - (ev[1] if len(ev) > 1 else 0.0))
 
 
 def laplacian_dense(graph: Graph) -> np.ndarray:

@@ -18,9 +18,11 @@ coupling between agents is the Laplacian product L·v of eqs. (5a)–(4d); a
 * ``scheme="gspmd"`` — complete graph (Σ_j x_j is an all-reduce) and dense mixing: the
   partitioner's own collectives.
 
-The partitioned graph is a :class:`slamjax.graphs.Graph` (same n, λ_max, mixing, global edge
-arrays for the metrics), so ``slamjax.scan_steps``, ``slamjax.solve`` and ``slamjax.run`` accept
-it unchanged; :func:`shard_problem_inputs` places the state and data. Results equal the
+The partitioned graph is a :class:`slamjax.graphs.Graph` — the multi-device implementation of
+the communication object (same n, λ_max, mixing, global edge arrays for the metrics) — so any
+algorithm built on it (``slamjax.slam(problem, pg, config)``, a peer from
+:mod:`slamjax.baselines`) runs sharded through ``slamjax.solve`` and ``slamjax.run`` unchanged;
+:func:`shard_problem_inputs` places the state and data, :func:`solve` does both. Results equal the
 single-device run up to float round-off (the test suite checks ≤ 1e-6 relative in float32).
 
 Limits: n must be divisible by the number of devices (torus: the number of rows);
@@ -45,7 +47,7 @@ from slamjax.graphs import Graph, _leaf_matvec
 from slamjax.problem import ProblemData
 
 __all__ = ["AXIS", "PartitionedGraph", "agent_mesh", "partition_graph", "shard_agents",
-           "replicate", "shard_problem_inputs", "solve"]
+           "replicate", "shard_tree", "shard_problem_inputs", "solve"]
 
 #: name of the mesh axis that carries the agents
 AXIS = "agents"
@@ -240,16 +242,25 @@ def partition_graph(graph: Graph, mesh: Mesh) -> PartitionedGraph:
                             put(jnp.asarray(loc_r), sh), scheme="edges", halo=M, **base)
 
 
+def shard_tree(tree, mesh: Mesh, n: int):
+    """Place ``tree`` on ``mesh``: leaves with leading axis ``n`` (agent axis) sharded,
+    everything else (step counters, shared data, scalars) replicated."""
+    sh, rep = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
+    return jax.tree.map(lambda a: jax.device_put(a, sh if (jnp.ndim(a) and jnp.shape(a)[0] == n)
+                                                  else rep), tree)
+
+
 def shard_problem_inputs(mesh: Mesh, state=None, data: ProblemData | None = None,
-                         x0=None, y0=None):
-    """Place SLAM inputs on ``mesh``: agent-first leaves sharded, shared data and the step
-    counter replicated. Returns the arguments given, in order (``None`` ones skipped)."""
+                         x0=None, y0=None, n: int | None = None):
+    """Place run inputs on ``mesh``: the agent-first leaves of a state (any algorithm's), of
+    ``data.agents``, x0 and y0 sharded; shared data and counters replicated. Returns the
+    arguments given, in order (``None`` ones skipped)."""
+    if n is None:
+        src = x0 if x0 is not None else (state.x if state is not None else None)
+        n = jnp.shape(jax.tree.leaves(src)[0])[0] if src is not None else None
     out = []
     if state is not None:
-        out.append(type(state)(x=shard_agents(state.x, mesh), y=shard_agents(state.y, mesh),
-                               u_x=shard_agents(state.u_x, mesh),
-                               u_y=shard_agents(state.u_y, mesh),
-                               step=replicate(state.step, mesh)))
+        out.append(shard_tree(state, mesh, n))
     if data is not None:
         out.append(ProblemData(shared=replicate(data.shared, mesh),
                                agents=shard_agents(data.agents, mesh)))
@@ -259,33 +270,33 @@ def shard_problem_inputs(mesh: Mesh, state=None, data: ProblemData | None = None
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def solve(problem, graph: Graph, params, data: ProblemData, x0, y0, key, num_steps: int,
-          config=None, mesh: Mesh | None = None, checkpoint_every: int | None = None):
+def solve(algorithm, params, data: ProblemData, x0, y0, key, num_steps: int,
+          mesh: Mesh | None = None, checkpoint_every: int | None = None):
     """:func:`slamjax.solve` with the agent axis sharded over ``mesh`` (default: all devices).
 
-    Returns the final :class:`slamjax.SLAMState`, sharded like its inputs."""
-    from slamjax.slam import SLAMConfig, init, scan_steps
+    Build ``algorithm`` on a partitioned graph (``slam(problem, partition_graph(graph, mesh),
+    config)``, or any peer) so that its agent coupling runs with explicit communication;
+    on a plain graph the partitioner's own collectives are used. Returns the final state,
+    sharded like its inputs."""
+    from slamjax.algorithm import merge_static, split_static
 
-    config = SLAMConfig() if config is None else config
     mesh = agent_mesh() if mesh is None else mesh
-    pg = graph if isinstance(graph, PartitionedGraph) else partition_graph(graph, mesh)
-    state, data = shard_problem_inputs(mesh, state=init(x0, y0), data=data)
+    n = jnp.shape(jax.tree.leaves(x0)[0])[0]
+    state = algorithm.init(x0, y0, data)
+    if algorithm.check is not None:
+        algorithm.check(params, state, data)
+    state, data = shard_problem_inputs(mesh, state=state, data=data, n=n)
     params = replicate(params, mesh)
     key = replicate(key, mesh)
-    fn = _jit_scan(num_steps, checkpoint_every)
-    return fn(problem, config, pg, params, state, data, key)
+    dyn, static = split_static(algorithm)
+    return _jit_iterate(dyn, params, data, state, key, static=static, num_steps=int(num_steps),
+                        checkpoint_every=checkpoint_every)
 
 
-_JITS: dict = {}
+@partial(jax.jit, static_argnames=("static", "num_steps", "checkpoint_every"))
+def _jit_iterate(dyn, params, data, state, key, *, static, num_steps, checkpoint_every):
+    from slamjax.algorithm import merge_static
+    from slamjax.run import iterate
 
-
-def _jit_scan(num_steps, checkpoint_every):
-    from slamjax.slam import scan_steps
-
-    k = (int(num_steps), checkpoint_every)
-    if k not in _JITS:
-        _JITS[k] = jax.jit(
-            lambda problem, config, g, p, s, d, key: scan_steps(
-                problem, config, g, p, s, d, key, k[0], k[1]),
-            static_argnums=(0, 1))
-    return _JITS[k]
+    return iterate(merge_static(dyn, static), params, data, state, key, num_steps,
+                   checkpoint_every=checkpoint_every)

@@ -11,6 +11,10 @@ A leaf without consensus takes the plain step ``v ← v − h/α`` (or ``/β``) 
 SLAM-L (Alg. 2) is "no consensus on x", SLAM-U (Alg. 3) "no consensus on y", and a tuple of
 booleans per leaf gives partial sharing (e.g. one shared actor layer, paper Fig. 2).
 
+:func:`slam` returns the method as an :class:`~slamjax.Algorithm` (``init``/``step`` pair) on a
+communication object (a :class:`~slamjax.Graph`); :func:`step` and :func:`scan_steps` are the
+same step without building one.
+
 Static configuration (:class:`SLAMConfig`: variant, solver, masks) is hashable; the numbers
 (:class:`SLAMParams`: α, β, ρ, γ), the data, the state and the key are traced arrays, so
 changing them never recompiles and all of them can be differentiated.
@@ -28,12 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from slamjax.graphs import Graph, laplacian_matvec
+from slamjax.algorithm import Algorithm, Static, register
+from slamjax.graphs import Graph
 from slamjax.hypergrad import CG, Exact, Neumann, hypergradient, lower_grad
+from slamjax.metrics import bilevel_metrics
 from slamjax.problem import DATA_AXES, BilevelProblem, ProblemData, check_agent_axis
 
-__all__ = ["VARIANTS", "SLAMConfig", "SLAMParams", "SLAMState", "init", "step", "scan_steps",
-           "validate", "stability_bound", "StabilityWarning", "primal_dual_update"]
+__all__ = ["VARIANTS", "SLAMConfig", "SLAMParams", "SLAMState", "slam", "init", "step",
+           "scan_steps", "validate", "stability_bound", "StabilityWarning",
+           "primal_dual_update"]
 
 #: variant name -> (consensus on the UL variable x, consensus on the LL variable y)
 VARIANTS = {"slam": (True, True), "slam_l": (False, True), "slam_u": (True, False)}
@@ -59,13 +66,19 @@ class SLAMParams(NamedTuple):
 
 
 class SLAMState(NamedTuple):
-    """Iterate of SLAM: primal x, y (agent axis first), duals u_x = Aᵀλ, u_y = Aᵀω, step r."""
+    """Iterate of SLAM: primal x, y (agent axis first), duals u_x = Aᵀλ, u_y = Aᵀω, step r,
+    and the cache ``lap_x``/``lap_y`` = L·x, L·y (one entry per leaf, ``None`` for leaves
+    without consensus): the dual step (4b)/(4d) computes L·v⁺ and the next primal step needs
+    the same product, so it is carried (two Laplacian products per level and step, not four).
+    ``None`` means "not computed yet" (:func:`init`); the first step fills it."""
 
     x: Any
     y: Any
     u_x: Any
     u_y: Any
     step: Any
+    lap_x: Any = None
+    lap_y: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +146,8 @@ def _leaf_mask(name, override, default, tree) -> tuple[bool, ...]:
 
 # ----------------------------------------------------------------------------------------
 def init(x0, y0) -> SLAMState:
-    """Initial state: λ¹ = ω¹ = 0 (Algorithm 1)."""
+    """Initial state without the Laplacian cache: λ¹ = ω¹ = 0 (Algorithm 1). The first step
+    fills the cache; ``slam(...).init`` fills it at once (what the runner uses)."""
     zeros = lambda t: jax.tree.map(jnp.zeros_like, t)  # noqa: E731
     return SLAMState(x=x0, y=y0, u_x=zeros(x0), u_y=zeros(y0), step=jnp.zeros((), jnp.int32))
 
@@ -155,9 +169,9 @@ def _primal_dual(v, h, u, mask, graph, inv_step, rho, gamma, lap=None):
     """:func:`primal_dual_update` that also takes and returns the Laplacian products.
 
     ``lap``: L·v of the current iterate, one entry per leaf (``None`` for leaves without
-    consensus, or ``lap=None`` to compute them). Returns (v⁺, u⁺, [L·v⁺ per leaf]): the dual
+    consensus, or ``lap=None`` to compute them). Returns (v⁺, u⁺, (L·v⁺ per leaf)): the dual
     step (4b)/(4d) needs L·v⁺ and the next primal step (5a)/(5b) needs the very same product,
-    so :func:`scan_steps` carries it instead of computing it twice.
+    so the state carries it instead of computing it twice.
     """
     v_l, treedef = jax.tree.flatten(v)
     h_l, u_l = jax.tree.leaves(h), jax.tree.leaves(u)
@@ -168,21 +182,22 @@ def _primal_dual(v, h, u, mask, graph, inv_step, rho, gamma, lap=None):
         c = lambda a: jnp.asarray(a, vi.dtype)  # noqa: E731
         if on:
             if lv is None:
-                lv = laplacian_matvec(graph, vi)
+                lv = graph.laplacian(vi)
             vn = vi - c(inv_step) * (hi + c(gamma) * ui + c(rho * gamma) * lv)
-            lvn = laplacian_matvec(graph, vn)
+            lvn = graph.laplacian(vn)
             un = ui + c(rho / gamma) * lvn
         else:
             vn, un, lvn = vi - c(inv_step) * hi, ui, None
         new_v.append(vn)
         new_u.append(un)
         new_lap.append(lvn)
-    return jax.tree.unflatten(treedef, new_v), jax.tree.unflatten(treedef, new_u), new_lap
+    return (jax.tree.unflatten(treedef, new_v), jax.tree.unflatten(treedef, new_u),
+            tuple(new_lap))
 
 
 def _initial_laplacians(graph, v, mask):
-    return [laplacian_matvec(graph, vi) if on else None
-            for vi, on in zip(jax.tree.leaves(v), mask)]
+    return tuple(graph.laplacian(vi) if on else None
+                 for vi, on in zip(jax.tree.leaves(v), mask))
 
 
 def _per_agent(fn, block, n, x, y, data, batch):
@@ -199,19 +214,47 @@ def _per_agent(fn, block, n, x, y, data, batch):
     return lax.map(one, (x, y, data.agents, batch), batch_size=int(block))
 
 
-def step(problem: BilevelProblem, config: SLAMConfig, graph: Graph, params: SLAMParams,
-         state: SLAMState, data: ProblemData, key) -> SLAMState:
-    """One SLAM iteration, eqs. (5a), (4b), (5b), (4d). Pure; jit/vmap/scan/grad-able."""
-    return _step(problem, config, graph, params, state, data, key)[0]
+# ----------------------------------------------------------------------------------------
+# the algorithm
+# ----------------------------------------------------------------------------------------
+def slam(problem: BilevelProblem, comm: Graph, config: SLAMConfig = SLAMConfig()) -> Algorithm:
+    """SLAM (Alg. 1), SLAM-L (Alg. 2), SLAM-U (Alg. 3) or any per-leaf consensus mask, as an
+    :class:`~slamjax.Algorithm` on the communication object ``comm``.
+
+    ``init(x0, y0, data)`` → :class:`SLAMState` with zero duals and the Laplacian products of
+    x0, y0; ``step(key, state, params, data)`` → (state, info) is eqs. (5a), (4b), (5b),
+    (4d) with ``params`` a :class:`SLAMParams`; ``info`` counts the scalars exchanged (one
+    exchange of x⁺ and of y⁺ per step on the consensus leaves: the product L·v⁺ of the dual
+    step is reused by the next primal step) and the per-agent minibatches drawn (two per agent
+    and step with a stochastic oracle: one for h_g, one for h_f).
+    """
+    if not isinstance(problem, BilevelProblem):
+        raise TypeError(f"problem must be a slamjax.BilevelProblem, got {type(problem).__name__}")
+    if not isinstance(comm, Graph):
+        raise TypeError(f"comm must be a slamjax.Graph (communication object), got "
+                        f"{type(comm).__name__}")
+    if not isinstance(config, SLAMConfig):
+        raise TypeError(f"config must be a slamjax.SLAMConfig, got {type(config).__name__}")
+    st = Static((problem, config))
+    P = jax.tree_util.Partial
+    return Algorithm(init=P(_slam_init, st, comm), step=P(_slam_step, st, comm),
+                     metrics=P(_slam_metrics, st, comm), check=P(_slam_check, st, comm))
 
 
-def _step(problem, config, graph, params, state, data, key, lap=None):
-    """:func:`step` that takes and returns the Laplacian products (see :func:`_primal_dual`)."""
+def _slam_init(static, graph, x0, y0, data=None) -> SLAMState:
+    _, config = static.value
+    s = init(x0, y0)
+    mx, my = config.masks(x0, y0)
+    return s._replace(lap_x=_initial_laplacians(graph, x0, mx),
+                      lap_y=_initial_laplacians(graph, y0, my))
+
+
+def _slam_step(static, graph, key, state: SLAMState, params: SLAMParams, data):
+    """One SLAM iteration, eqs. (5a), (4b), (5b), (4d), with this step's ``key``."""
+    problem, config = static.value
     n = graph.n
     mask_x, mask_y = config.masks(state.x, state.y)
-    lap_x, lap_y = (None, None) if lap is None else lap
-    k = jax.random.fold_in(key, state.step)
-    kg, kf = jax.random.split(k)
+    kg, kf = jax.random.split(key)
     vsample = jax.vmap(problem.sample_batch, in_axes=(0, DATA_AXES))
     batch_g = vsample(jax.random.split(kg, n), data)
     batch_f = vsample(jax.random.split(kf, n), data)
@@ -220,47 +263,55 @@ def _step(problem, config, graph, params, state, data, key, lap=None):
     h_g = _per_agent(lambda x, y, d, b: lower_grad(problem, x, y, d, b), block, n,
                      state.x, state.y, data, batch_g)
     y, u_y, lap_y = _primal_dual(state.y, h_g, state.u_y, mask_y, graph, 1.0 / params.beta,
-                                 params.rho, params.gamma, lap_y)
+                                 params.rho, params.gamma, state.lap_y)
     h_f = _per_agent(lambda x, y, d, b: hypergradient(problem, x, y, d, b, config.solver),
                      block, n, state.x, y, data, batch_f)
     x, u_x, lap_x = _primal_dual(state.x, h_f, state.u_x, mask_x, graph, 1.0 / params.alpha,
-                                 params.rho, params.gamma, lap_x)
-    return SLAMState(x=x, y=y, u_x=u_x, u_y=u_y, step=state.step + 1), (lap_x, lap_y)
+                                 params.rho, params.gamma, state.lap_x)
+    sent = sum(graph.messages(leaf) for leaf, on in zip(jax.tree.leaves(x), mask_x) if on) + \
+        sum(graph.messages(leaf) for leaf, on in zip(jax.tree.leaves(y), mask_y) if on)
+    info = {"messages": jnp.asarray(float(sent), jnp.float32),
+            "minibatches": jnp.asarray(0.0 if problem.sample is None else 2.0 * n, jnp.float32)}
+    new = SLAMState(x=x, y=y, u_x=u_x, u_y=u_y, step=state.step + 1, lap_x=lap_x, lap_y=lap_y)
+    return new, info
+
+
+def _slam_metrics(static, graph, state, data) -> dict:
+    problem, config = static.value
+    cx, cy = config.level_consensus(state.x, state.y)
+    return bilevel_metrics(problem, graph, state.x, state.y, data, cx, cy)
+
+
+def _slam_check(static, graph, params, state, data) -> None:
+    problem, config = static.value
+    validate(problem, config, graph, params, state, data)
+
+
+# ----------------------------------------------------------------------------------------
+# the same functions without building an Algorithm (one step path: they call _slam_step)
+# ----------------------------------------------------------------------------------------
+def step(problem: BilevelProblem, config: SLAMConfig, graph: Graph, params: SLAMParams,
+         state: SLAMState, data: ProblemData, key) -> SLAMState:
+    """One SLAM iteration with the run key ``key`` (this step uses ``fold_in(key,
+    state.step)``, as :func:`slamjax.run` does). Pure; jit/vmap/scan/grad-able."""
+    k = jax.random.fold_in(key, state.step)
+    return _slam_step(Static((problem, config)), graph, k, state, params, data)[0]
 
 
 def scan_steps(problem, config, graph, params, state, data, key, num_steps: int,
                checkpoint_every: int | None = None) -> SLAMState:
-    """``num_steps`` iterations with ``lax.scan`` (pure, differentiable).
+    """``num_steps`` iterations of :func:`step` with ``lax.scan`` (pure, differentiable);
+    ``checkpoint_every=c`` rematerialises chunks of c steps in reverse mode (memory
+    O(T/c + c)). See :func:`slamjax.iterate`, which this calls."""
+    from slamjax.run import iterate
 
-    ``checkpoint_every=c`` runs an outer scan over T/c rematerialised chunks of c steps, so
-    reverse-mode memory grows like O(T/c + c) instead of O(T).
-
-    The products L·x⁺, L·y⁺ of the dual steps (4b)/(4d) are carried to the next iteration's
-    primal steps (5a)/(5b), which need the same products: two Laplacian products per level and
-    step instead of four, with the iterates of repeated :func:`step`.
-    """
-    mask_x, mask_y = config.masks(state.x, state.y)
-
-    def body(carry, _):
-        s, lap = carry
-        return _step(problem, config, graph, params, s, data, key, lap), None
-
-    num_steps = int(num_steps)
-    carry = (state, (_initial_laplacians(graph, state.x, mask_x),
-                     _initial_laplacians(graph, state.y, mask_y)))
-    if not checkpoint_every or checkpoint_every >= num_steps:
-        return lax.scan(body, carry, None, length=num_steps)[0][0]
-    c = int(checkpoint_every)
-    outer, rem = divmod(num_steps, c)
-
-    @jax.checkpoint
-    def chunk(cr, _):
-        return lax.scan(body, cr, None, length=c)[0], None
-
-    carry = lax.scan(chunk, carry, None, length=outer)[0]
-    if rem:
-        carry = lax.scan(body, carry, None, length=rem)[0]
-    return carry[0]
+    alg = slam(problem, graph, config)
+    if state.lap_x is None or state.lap_y is None:
+        mx, my = config.masks(state.x, state.y)
+        state = state._replace(lap_x=_initial_laplacians(graph, state.x, mx),
+                               lap_y=_initial_laplacians(graph, state.y, my))
+    return iterate(alg, params, data, state, key, num_steps, checkpoint_every=checkpoint_every,
+                   start=state.step)
 
 
 # ----------------------------------------------------------------------------------------
@@ -336,3 +387,14 @@ def validate(problem: BilevelProblem, config: SLAMConfig, graph: Graph, params: 
                     f"{bound:.4g} (e.g. rho={0.8 * bound:.3g}) or {pname} > "
                     f"{safe_step / 1.25:.4g} (e.g. {pname}={safe_step:.3g}).",
                     StabilityWarning, stacklevel=3)
+
+
+# registry entries: the contract test runs every variant
+def _default_params(alpha=25.0, beta=25.0, rho=0.5, gamma=1.0, dtype=None):
+    return SLAMParams.create(alpha, beta, rho, gamma, dtype=dtype)
+
+
+for _v in VARIANTS:
+    register(_v, (lambda v: lambda problem, comm, **kw: slam(problem, comm,
+                                                             SLAMConfig(v, **kw)))(_v),
+             _default_params, f"{_v} (Lu et al. 2022), eq. (5)")

@@ -1,16 +1,21 @@
-"""Baselines for the multi-agent actor-critic experiments.
+"""Methods that plug into the same core as SLAM.
+
+Bilevel / optimization peers, each an :class:`slamjax.Algorithm` (one file per method):
+
+* :mod:`.dsgd` — decentralized SGD on one loss with Metropolis gossip (the meta-learning
+  experiment's reference).
+
+Critic rules of the actor-critic baselines (used by :func:`slamjax.rl.run`):
 
 * DAC (Zhang et al., ICML 2018): local critic step + one mixing step — :mod:`.dac`.
 * MDAC (Chen et al., ICML 2022): mini-batch (B = 10) critic inner loop with mixing — :mod:`.mdac`.
 * Dec-PPO: PPO actors, DGD critics — :mod:`.dec_ppo`.
-* Metropolis–Hastings gossip averaging — :mod:`.mixing`.
 
-All of them are run by :func:`slamjax.rl.run` (``algorithm="dac" | "mdac" | "dec_ppo"``).
+Gossip goes through the communication object (:meth:`slamjax.Graph.mix`, Metropolis weights).
 """
 
 from slamjax.baselines.dac import dgd_critic_update
+from slamjax.baselines.dsgd import DSGDParams, DSGDState, dsgd
 from slamjax.baselines.mdac import mdac_critic_update
-from slamjax.baselines.mixing import metropolis_weights, mix, mixing_matrix, spectral_gap
 
-__all__ = ["dgd_critic_update", "mdac_critic_update", "metropolis_weights", "mix",
-           "mixing_matrix", "spectral_gap"]
+__all__ = ["DSGDParams", "DSGDState", "dgd_critic_update", "dsgd", "mdac_critic_update"]

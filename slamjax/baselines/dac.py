@@ -7,7 +7,7 @@ discounted objective (211) so that it shares SLAM-AC's networks and data:
 * **critic step**: each agent takes a local gradient step on its own TD loss (local reward R_i)
   and on the reward regression, w̃_i = w_i − (1/β) h_{w,i}, φ̃_i = φ_i − (1/β) h_{φ,i},
 * **one consensus step**: w_i ← Σ_j W_ij w̃_j (the same for φ), W = Metropolis–Hastings weights
-  (:mod:`slamjax.baselines.mixing`) — decentralized gradient descent (DGD),
+  (:meth:`slamjax.Graph.mix`) — decentralized gradient descent (DGD),
 * **actor**: the TD error computed locally from the agent's own critic and reward estimate,
   δ̃_i = R̂(s, a; φ_i) + γ_d V(s'; w_i) − V(s; w_i), times ∇ log π_i(a_i|s) (eq. (212), the same
   estimator as SLAM-AC, so that the comparison isolates the critic's consensus rule).
@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import jax
 
-from slamjax.baselines.mixing import mix
 from slamjax.graphs import Graph
 
-__all__ = ["dgd_critic_update", "train"]
+__all__ = ["dgd_critic_update"]
 
 
 def dgd_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, config):
@@ -38,12 +37,5 @@ def dgd_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, confi
         h, tdsq = grad_fn(critic, batch)
         tdsq0 = tdsq if tdsq0 is None else tdsq0
         local = jax.tree.map(lambda v, g: v - hp.critic_lr.astype(v.dtype) * g, critic, h)
-        critic = mix(graph, local, 1)
+        critic = graph.mix(local)
     return critic, dual, tdsq0
-
-
-def train(*args, **kwargs):
-    """``slamjax.rl.run`` with ``algorithm="dac"``."""
-    from slamjax.rl.train import run
-
-    return run("dac", *args, **kwargs)

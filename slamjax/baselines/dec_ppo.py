@@ -11,11 +11,4 @@ from __future__ import annotations
 
 from slamjax.baselines.dac import dgd_critic_update
 
-__all__ = ["dgd_critic_update", "train"]
-
-
-def train(*args, **kwargs):
-    """``slamjax.rl.run`` with ``algorithm="dec_ppo"``."""
-    from slamjax.rl.train import run
-
-    return run("dec_ppo", *args, **kwargs)
+__all__ = ["dgd_critic_update"]

@@ -29,10 +29,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from slamjax.baselines.mixing import mix
 from slamjax.graphs import Graph
 
-__all__ = ["mdac_critic_update", "train"]
+__all__ = ["mdac_critic_update"]
 
 
 def mdac_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, config):
@@ -52,21 +51,14 @@ def mdac_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, conf
     def inner(c, mb):
         h, _ = grad_fn(c, mb)
         local = jax.tree.map(lambda v, g: v - lr.astype(v.dtype) * g, c, h)
-        return mix(graph, local, 1), None
+        return graph.mix(local), None
 
     critic, _ = lax.scan(inner, critic, mbs)
     if config.mdac_extra_consensus:
-        critic = mix(graph, critic, config.mdac_extra_consensus)
+        critic = graph.mix(critic, config.mdac_extra_consensus)
     return critic, dual, tdsq0
 
 
 def _td_sq(grad_fn, critic, batch):
     # diagnostics only: the gradient is discarded (XLA removes the unused part)
     return grad_fn(critic, batch)[1]
-
-
-def train(*args, **kwargs):
-    """``slamjax.rl.run`` with ``algorithm="mdac"``."""
-    from slamjax.rl.train import run
-
-    return run("mdac", *args, **kwargs)

@@ -21,6 +21,7 @@ Closed forms (NumPy-free JAX, used as independent references in tests and as The
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -30,7 +31,7 @@ import numpy as np
 from slamjax.problem import BilevelProblem, ProblemData
 
 __all__ = ["QuadraticSpec", "make_quadratic", "y_star", "ul_objective", "ul_gradient",
-           "surrogate_hypergrad", "fixed_point", "theorem1_metrics"]
+           "surrogate_hypergrad", "fixed_point", "theorem1_metrics", "ul_objective_loss"]
 
 
 class QuadraticSpec(NamedTuple):
@@ -237,3 +238,40 @@ def theorem1_metrics(x, y, data, homogeneous: bool, consensus_x: bool, consensus
     else:
         ll = jnp.mean(jnp.sum((y - ys) ** 2, axis=(1, 2)))
     return {"grad_F_sq": grad_sq, "ll_error": ll}
+
+
+# ----------------------------------------------------------------------------------------
+# closed-form losses of a run's final state (for slamjax.diff)
+# ----------------------------------------------------------------------------------------
+def _check_layout(data, name):
+    agents, shared = data.agents, data.shared
+    if not (isinstance(agents, dict) and {"b", "p", "t"} <= agents.keys()
+            and isinstance(shared, dict) and "P" in shared):
+        raise ValueError(
+            f"{name} is a closed form of slamjax.problems.quadratic and needs its data layout; "
+            "for other problems use slamjax.diff.mean_f(problem), the name of a metric, or a "
+            "callable loss(state, data) -> scalar")
+
+
+@functools.lru_cache(maxsize=None)
+def ul_objective_loss(consensus_y: bool = True, per_agent: bool = False):
+    """Loss ``(state, data) -> scalar`` for :mod:`slamjax.diff`: the closed-form UL objective.
+
+    ``per_agent=False``: F(x̄_T) at the network average. ``per_agent=True``: (1/n) Σ_i F(x_i),
+    F at each agent's own iterate, averaged — it sees the disagreement (for a homogeneous
+    quadratic x̄_T does not depend on ρ or γ, so F(x̄_T) is blind to them).
+    ``consensus_y``: whether the LL is solved in consensus (``False`` for SLAM-U), which
+    changes y*(x). Cached: the same arguments give the same function object (one compile).
+    """
+    name = f"ul_objective_loss(per_agent={per_agent})"
+
+    def loss(state, data):
+        _check_layout(data, name)
+        hom = "H" in data.shared
+        if per_agent:
+            vals = jax.vmap(lambda xi: ul_objective(xi, data, hom, consensus_y))(state.x)
+            return jnp.mean(vals)
+        return ul_objective(jnp.mean(state.x, axis=0), data, hom, consensus_y)
+
+    loss.__name__ = name
+    return loss

@@ -26,7 +26,6 @@ import dataclasses
 import functools
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,14 +36,16 @@ import numpy as np
 import optax
 from jax import lax
 
+from slamjax.baselines.dac import dgd_critic_update
+from slamjax.baselines.mdac import mdac_critic_update
 from slamjax.graphs import Graph, erdos_renyi
-from slamjax.metrics import consensus_error
+from slamjax.run import drive
 from slamjax.rl.core import (ACConfig, ACHyperParams, TrainState, critic_grads, make_batch,
                              make_hparams, td_advantage)
 from slamjax.rl.nets import apply_agents, init_agents
 from slamjax.rl.ppo import gae, ppo_actor_update
 from slamjax.rl.rollout import collect, episode_return, random_policy_return
-from slamjax.rl.slam_ac import pg_actor_grads
+from slamjax.rl.slam_ac import pg_actor_grads, slam_critic_update
 
 __all__ = ["init_state", "iteration", "make_train", "run", "RLResult", "default_graph",
            "METRICS", "FAST_COMPILE"]
@@ -52,16 +53,15 @@ __all__ = ["init_state", "iteration", "make_train", "run", "RLResult", "default_
 METRICS = ("return", "consensus", "td_sq", "entropy")
 
 
+#: critic rule name -> update function (all gossip goes through the graph's mix/laplacian)
+CRITIC_RULES = {"slam": slam_critic_update, "dgd": dgd_critic_update,
+                "mdac": mdac_critic_update}
+
+
 def _critic_rule(name: str):
-    if name == "slam":
-        from slamjax.rl.slam_ac import slam_critic_update as rule
-    elif name == "dgd":
-        from slamjax.baselines.dac import dgd_critic_update as rule
-    elif name == "mdac":
-        from slamjax.baselines.mdac import mdac_critic_update as rule
-    else:  # pragma: no cover - ACConfig validates the algorithm
+    if name not in CRITIC_RULES:  # pragma: no cover - ACConfig validates the algorithm
         raise ValueError(f"unknown critic rule {name!r}")
-    return rule
+    return CRITIC_RULES[name]
 
 
 def _tx(config: ACConfig, lr) -> optax.GradientTransformation:
@@ -161,7 +161,7 @@ def iteration(config: ACConfig, graph: Graph, hp: ACHyperParams, state: TrainSta
     logits = apply_agents(actor, state.actor, actor_obs)
     p = jax.nn.softmax(logits)
     entropy = -jnp.mean(jnp.sum(p * jax.nn.log_softmax(logits), axis=-1))
-    metrics = {"return": episode_return(traj), "consensus": consensus_error(graph, critic),
+    metrics = {"return": episode_return(traj), "consensus": graph.disagreement(critic),
                "td_sq": tdsq[0], "entropy": entropy}
     new = TrainState(actor_params, opt, critic, dual, key, state.step + 1)
     return new, metrics
@@ -304,19 +304,15 @@ def run(algorithm: str | ACConfig = "slam_ac", graph: Graph | None = None, *,
     jax.block_until_ready(state)
     compile_time = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    logs, done = [], 0
-    for L in sizes:
-        state, m = compiled[L](graph, hp, state)
-        m = jax.device_get(m)
-        logs.append(m)
-        done += L
-        if progress:
-            r = np.asarray(m["return"])[..., -min(L, 20):].mean(axis=-1)
-            print(f"  [{desc}] it {done:6d}/{num_updates}  return {r.mean():8.3f} "
-                  f"(min {r.min():.2f}, max {r.max():.2f})  {time.perf_counter() - t0:6.1f}s",
-                  file=sys.stderr, flush=True)
-    run_time = time.perf_counter() - t0
+    def chunk_fn(L, st):
+        return compiled[L](graph, hp, st)
+
+    def on_chunk(st, m, done):
+        r = np.asarray(m["return"])[..., -min(np.shape(m["return"])[-1], 20):].mean(axis=-1)
+        return {"return": f"{r.mean():.3f}", "min": f"{r.min():.2f}", "max": f"{r.max():.2f}"}
+
+    state, logs, run_time = drive(chunk_fn, state, sizes, desc=desc, progress=progress,
+                                  unit="round", on_chunk=on_chunk)
     metrics = {k: np.concatenate([np.asarray(m[k]) for m in logs], axis=-1).reshape(H, S, -1)
                for k in logs[0]}
     rand = random_policy_return(config.n, jax.random.key(12345), max_steps=config.max_steps,
