@@ -25,10 +25,8 @@ Writes ``results/bench_envs.json`` and the log-log plot ``results/bench_envs.png
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import sys
 import time
 from importlib import metadata
@@ -41,7 +39,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # allow running from a fresh clone without installing
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import machine_info, pyplot, write_json  # noqa: E402
 from slamjax.envs import NUM_ACTIONS, NavigationEnv  # noqa: E402
 
 
@@ -133,11 +133,7 @@ class Mpe2Reference:
 
 
 def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, res in enumerate(results):
         color = f"C{i}"
@@ -168,7 +164,8 @@ def main(argv=None):
     p.add_argument("--max-steps", type=int, default=25, help="episode length (mpe2 max_cycles)")
     p.add_argument("--min-time", type=float, default=None,
                    help="seconds of timing per configuration (default 2, quick 0.5)")
-    p.add_argument("--out-dir", type=Path, default=ROOT / "results")
+    p.add_argument("--out", "--out-dir", dest="out_dir", type=Path, default=ROOT / "results",
+                   help="output directory (results/)")
     args = p.parse_args(argv)
 
     agents = args.agents or ([3] if args.quick else [3, 5])
@@ -222,16 +219,13 @@ def main(argv=None):
         "timing": "throughput from the fastest timed chunk (one jitted call for JAX, one "
                   "episode for mpe2), robust to load from other processes; medians are "
                   "also stored; reference and JAX timings are interleaved",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "jax": jax.__version__,
-                    "jax_backend": jax.default_backend(), "mpe2": mpe2_version,
+        "machine": {**machine_info(extra_packages=()), "mpe2": mpe2_version,
                     "load_avg_1_5_15min_start": load_start,
                     "load_avg_1_5_15min_end": os.getloadavg()},
         "results": results,
     }
-    json_path = args.out_dir / "bench_envs.json"
+    json_path = write_json(args.out_dir / "bench_envs.json", out)
     png_path = args.out_dir / "bench_envs.png"
-    json_path.write_text(json.dumps(out, indent=2) + "\n")
     plot(results, png_path)
     print(f"\nload average (1/5/15 min) at start {tuple(round(x, 1) for x in load_start)}, "
           f"at end {tuple(round(x, 1) for x in os.getloadavg())} on {os.cpu_count()} CPUs")

@@ -2,18 +2,20 @@
 
 Problem: homogeneous quadratic (``make_quadratic``), n agents, d_x = d_y = d, one LL task,
 float32, on a connected small-world graph (mean degree ≈ 4.4, sparse ``segment_sum`` mixing);
-SLAM with CG(10), 1/α = 0.05, 1/β = 0.1, γ = 1, ρ at half the stability bound. Loss: ``"f"``,
-(1/n) Σ_i f_i(x_i, y_i) at the final iterate (O(n·d), so the loss adds nothing to the cost).
-For each horizon T, four programs (all ``jax.jit``-compiled ahead of time):
+SLAM with CG(10), 1/α = 0.05, 1/β = 0.1, γ = 1, ρ at half the stability bound. Loss:
+``slamjax.diff.mean_f(problem)``, (1/n) Σ_i f_i(x_i, y_i) at the final iterate (O(n·d), so the
+loss adds nothing to the cost). For each horizon T, four programs (all ``jax.jit``-compiled
+ahead of time) of the algorithm ``sj.slam(problem, graph, config)``:
 
-* ``forward``      — the loss only (``final_loss_fn``);
+* ``forward``      — the loss only (``final_loss_fn(alg, T, loss)``);
 * ``reverse``      — loss and ∂/∂(α, β, ρ, γ) by reverse mode, storing every step: memory O(T);
-* ``reverse_ckpt`` — the same with ``checkpoint_every = round(√T)``: memory O(√T), one extra
-  forward pass;
-* ``forward_mode`` — the same four derivatives by forward mode (4 vmapped JVPs): memory O(1)
-  in T.
+* ``reverse_ckpt`` — the same with ``adjoint=Checkpointed(every=round(√T))``: memory O(√T),
+  one extra forward pass;
+* ``forward_mode`` — the same four derivatives with ``adjoint=Forward()`` (4 vmapped JVPs):
+  memory O(1) in T.
 
-All three gradient modes go through ``slamjax.diff.value_and_grad_run``'s compiled function.
+All three gradient modes go through ``slamjax.diff.value_and_grad_run``'s compiled function
+(``adjoint=Reverse()``, ``Checkpointed(every=c)``, ``Forward()``).
 
 Memory is reported two ways:
 
@@ -26,10 +28,12 @@ Memory is reported two ways:
   number is VmHWM after the calls minus VmRSS before them (compiler memory is not counted).
 
 Times are wall-clock seconds per call, the minimum over 2–5 repeats (the 2-core CPU is shared
-with other jobs: the load average is recorded in the JSON; treat times as ±30%). Writes ``results/bench_grad.json`` and ``results/bench_grad.png``.
+with other jobs: the load average is recorded in the JSON; treat times as ±30%). Writes
+``results/bench_grad.json`` and ``results/bench_grad.png`` (``--out`` sets the JSON path; the
+figure goes next to it).
 
     python experiments/bench_grad.py            # n=256, d=10, T = 100 … 10000 (~6–10 min)
-    python experiments/bench_grad.py --quick    # n=64,  T = 100, 1000 (~1 min)
+    python experiments/bench_grad.py --quick --out /tmp/bench_grad.json   # n=64, T = 100, 1000
 """
 
 from __future__ import annotations
@@ -38,42 +42,27 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (RESULTS, ROOT, current_rss_mib, machine_info, peak_rss_mib,  # noqa: E402
+                     pyplot, reset_peak_rss, save_figure, write_json)
+
 if str(ROOT) not in sys.path:  # allow running from a fresh clone without installing
     sys.path.insert(0, str(ROOT))
 
 MODES = ("forward", "reverse", "reverse_ckpt", "forward_mode")
 MB = 1e6
+MIB_TO_MB = 2**20 / MB
 
 
 # ----------------------------------------------------------------------------------------
 # worker: one (T, mode) in a fresh process
 # ----------------------------------------------------------------------------------------
-def _proc_status() -> dict:
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(("VmRSS", "VmHWM")):
-                key, val = line.split(":")
-                out[key] = int(val.split()[0]) * 1024
-    return out
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def setup(n: int, d: int, seed: int = 0):
     import jax.numpy as jnp
 
@@ -87,7 +76,8 @@ def setup(n: int, d: int, seed: int = 0):
                     sj.stability_bound(graph.lam_max, beta, gamma))
     params = sj.SLAMParams.create(alpha, beta, rho, gamma, dtype=jnp.float32)
     config = sj.SLAMConfig("slam", sj.CG(10))
-    return problem, graph, config, params, data, x0, y0
+    alg = sj.slam(problem, graph, config)
+    return problem, graph, config, alg, params, data, x0, y0
 
 
 def worker(cfg: dict) -> dict:
@@ -95,31 +85,38 @@ def worker(cfg: dict) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from slamjax.diff import _value_and_grad_jit, final_loss_fn
+    from slamjax.algorithm import split_static
+    from slamjax.diff import (Checkpointed, Forward, Reverse, _value_and_grad_jit,
+                              final_loss_fn, mean_f)
 
     T, mode = int(cfg["T"]), cfg["mode"]
-    problem, graph, config, params, data, x0, y0 = setup(cfg["n"], cfg["d"])
+    problem, graph, config, alg, params, data, x0, y0 = setup(cfg["n"], cfg["d"])
+    loss = mean_f(problem)
     key = jax.random.key(0)
     ck = max(1, int(round(math.sqrt(T)))) if mode == "reverse_ckpt" else None
     jax.block_until_ready(jnp.ones(8) + 1)  # backend up before the baseline
 
     t0 = time.perf_counter()
     if mode == "forward":
-        fn = jax.jit(final_loss_fn(problem, graph, config, T, loss="f"))
+        fn = jax.jit(final_loss_fn(alg, T, loss))
         args = (params, data, x0, y0, key)
         compiled = fn.lower(*args).compile()
     else:
-        args = (params, data, x0, y0, key, graph)
-        statics = dict(problem=problem, config=config, num_steps=T, loss="f", log_every=None,
-                       checkpoint_every=ck, wrt=("params",),
-                       mode="forward" if mode == "forward_mode" else "reverse")
+        # value_and_grad_run's compiled function, lowered ahead of time (the graph's arrays
+        # are arguments, the static rest of the algorithm a static argument)
+        adjoint = {"reverse": Reverse(), "reverse_ckpt": Checkpointed(every=ck),
+                   "forward_mode": Forward()}[mode]
+        dyn, static = split_static(alg)
+        args = (dyn, params, data, x0, y0, key)
+        statics = dict(static=static, num_steps=T, loss=loss, log_every=None, adjoint=adjoint,
+                       wrt=("params",))
         compiled = _value_and_grad_jit.lower(*args, **statics).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
 
     repeats = int(cfg["repeats"])
-    rss_before = _proc_status()["VmRSS"]
-    peak_ok = _reset_peak()  # the high-water mark now starts at the current RSS
+    rss_before = current_rss_mib() * MIB_TO_MB
+    peak_ok = reset_peak_rss()  # the high-water mark now starts at the current RSS
     if cfg.get("warmup", True):
         jax.block_until_ready(compiled(*args))
     times = []
@@ -128,7 +125,7 @@ def worker(cfg: dict) -> dict:
         t0 = time.perf_counter()
         out = jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
-    status = _proc_status()
+    peak = peak_rss_mib() * MIB_TO_MB
     if mode == "forward":
         value, gnorm = float(out), float("nan")
     else:
@@ -142,8 +139,8 @@ def worker(cfg: dict) -> dict:
         "xla_temp_MB": mem.temp_size_in_bytes / MB,
         "xla_argument_MB": mem.argument_size_in_bytes / MB,
         "xla_output_MB": mem.output_size_in_bytes / MB,
-        "rss_before_MB": rss_before / MB,
-        "rss_run_MB": (status["VmHWM"] - rss_before) / MB if peak_ok else None,
+        "rss_before_MB": rss_before,
+        "rss_run_MB": peak - rss_before if peak_ok else None,
     }
 
 
@@ -157,12 +154,8 @@ def run_isolated(cfg: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------
-def plot(records, meta, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(records, meta, path: Path) -> Path:
+    plt = pyplot()
     styles = {"forward": ("k", "o", "forward (loss only)"),
               "reverse": ("tab:red", "s", "reverse mode, all steps stored"),
               "reverse_ckpt": ("tab:blue", "^", r"reverse mode, checkpoint every $\sqrt{T}$"),
@@ -192,9 +185,7 @@ def plot(records, meta, path: Path) -> None:
     fig.suptitle(f"Differentiating a SLAM run: n={meta['n']}, d={meta['d']}, "
                  f"{meta['graph']}, CG({meta['cg_maxiter']}), float32, {meta['cpu']}",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, path, dpi=120)
 
 
 def main(argv=None):
@@ -205,7 +196,8 @@ def main(argv=None):
     ap.add_argument("--T", type=int, nargs="+", default=None,
                     help="horizons (default 100 300 1000 3000 10000)")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    ap.add_argument("--out", default=str(ROOT / "results" / "bench_grad.json"))
+    ap.add_argument("--out", default=str(RESULTS / "bench_grad.json"),
+                    help="JSON path (the figure is written next to it, .png)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -215,21 +207,20 @@ def main(argv=None):
 
     n = args.n or (64 if args.quick else 256)
     Ts = args.T or ([100, 1000] if args.quick else [100, 300, 1000, 3000, 10000])
-    import jax
-
-    _, graph, config, params, _, _, _ = setup(n, args.d)
+    machine = machine_info(extra_packages=())
+    _, graph, config, _, params, _, _, _ = setup(n, args.d)
     meta = {
         "n": n, "d": args.d, "m": 1, "dtype": "float32",
         "graph": f"small_world(k=4, p=0.1), |E|={graph.num_edges}, lam_max={graph.lam_max:.3f}",
         "variant": config.variant, "cg_maxiter": config.solver.maxiter,
         "params": {k: float(v) for k, v in params._asdict().items()},
-        "loss": "f: (1/n) sum_i f_i(x_i, y_i) at step T",
+        "loss": "diff.mean_f: (1/n) sum_i f_i(x_i, y_i) at step T",
         "grad_wrt": ["alpha", "beta", "rho", "gamma"],
         "memory": {"xla_temp_MB": "compiled.memory_analysis().temp_size_in_bytes / 1e6",
                    "rss_run_MB": "peak RSS (VmHWM, reset after compiling) minus RSS before "
                                  "the timed calls, fresh subprocess per configuration"},
-        "jax": jax.__version__, "python": platform.python_version(),
-        "cpu": f"{os.cpu_count()}-core {platform.machine()} CPU",
+        "jax": machine["jax"], "python": machine["python"],
+        "cpu": f"{machine['cores']}-core {machine['cpu'] or 'CPU'}", "machine": machine,
         "loadavg_at_start": os.getloadavg(), "quick": args.quick,
     }
     records = []
@@ -253,11 +244,8 @@ def main(argv=None):
             if not r["finite"]:
                 print(f"  WARNING: non-finite value/gradient at T={T}, mode={mode}")
     meta["loadavg_at_end"] = os.getloadavg()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
-    png = out.with_suffix(".png")
-    plot(records, meta, png)
+    out = write_json(Path(args.out).with_suffix(".json"), {"meta": meta, "records": records})
+    png = plot(records, meta, out.with_suffix(".png"))
     print(f"wrote {out} and {png}")
 
 

@@ -14,7 +14,8 @@ construction, random long-range edges like ER), label ``sw``; and the **ring** (
 
 Implementations, side by side in one process:
 
-* ``slamjax``       — ``jit`` + ``lax.scan`` of ``slamjax.scan_steps`` (sparse ``segment_sum``
+* ``slamjax``       — the library's public path: ``slamjax.slam(problem, graph, config)``
+  stepped by ``slamjax.iterate`` (``lax.scan``) inside one ``jit`` (sparse ``segment_sum``
   mixing for ``sw``, stencil for the ring), the state donated;
 * ``slamjax_block`` — the same with ``SLAMConfig(agent_block=B)`` (per-agent work in blocks of
   B agents, ``lax.map``); B = 2¹⁷/d rounded to a power of two;
@@ -53,12 +54,10 @@ Writes ``results/bench_throughput.json`` and the log-log plot ``results/bench_th
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -74,6 +73,10 @@ import scipy.sparse as sp  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # allow running from a fresh clone without installing
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (best_time, current_rss_mib, machine_info, peak_rss_mib,  # noqa: E402
+                     reset_peak_rss, write_json)
 
 import slamjax as sj  # noqa: E402
 from slamjax import graphs as G  # noqa: E402
@@ -116,83 +119,6 @@ def rowmajor_quadratic(problem):
 
     return dataclasses.replace(problem, f=f, g=g, hvp_yy=hvp_yy, cross_xy=cross_xy,
                                name=problem.name + "-rowmajor")
-
-
-# ----------------------------------------------------------------------------------------
-# measurement helpers
-# ----------------------------------------------------------------------------------------
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mib() -> float | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def best_time(fn, repeats: int, min_time: float = 0.0) -> float:
-    """Best wall time of ``fn()`` over ``repeats`` calls (each call blocks until done)."""
-    best = math.inf
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    info = {"date": _dt.datetime.now().isoformat(timespec="seconds"),
-            "cpu": cpu, "cores": os.cpu_count(), "mem_GiB": mem, "load_avg": load,
-            "python": platform.python_version(), "jax": jax.__version__,
-            "numpy": np.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()],
-            "gpu": "none available on this machine (CPU only); nothing in the hot path is "
-                   "CPU-specific"}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        info["torch"] = None
-    try:
-        import scipy
-
-        info["scipy"] = scipy.__version__
-    except ImportError:
-        pass
-    return info
 
 
 # ----------------------------------------------------------------------------------------
@@ -451,19 +377,26 @@ class TorchLoop(NumpyLoop):
 
 # --- (a)/(d) slamjax ---------------------------------------------------------------------
 def slamjax_runner(graph, d, n, steps, block=None, rowmajor=False):
+    """``steps`` iterations of the library's SLAM :class:`~slamjax.Algorithm` with
+    ``slamjax.iterate`` inside one ``jit`` (the algorithm — graph arrays as leaves — is an
+    argument of the compiled program, the state is donated). Returns (call(state) -> state,
+    fresh_state() -> initial SLAMState, compile seconds, XLA buffer MiB)."""
     problem, data, x0, y0 = make_quadratic(n, d, d, 1, seed=0)
     if rowmajor:
         problem = _ROWMAJOR.setdefault(problem, rowmajor_quadratic(problem))
-    cfg = sj.SLAMConfig("slam", sj.CG(K_CG), agent_block=block)
+    alg = sj.slam(problem, graph, sj.SLAMConfig("slam", sj.CG(K_CG), agent_block=block))
     params = sj.SLAMParams.create(ALPHA, BETA, RHO, GAMMA)
     key = jax.random.key(0)
 
-    def run(state, params, graph, data, key):
-        return sj.scan_steps(problem, cfg, graph, params, state, data, key, steps)
+    def run(alg, state, params, data, key):
+        return sj.iterate(alg, params, data, state, key, steps)
 
-    fn = jax.jit(run, donate_argnums=0)
+    def fresh_state():  # new buffers every time (the compiled call donates its state)
+        return alg.init(x0 + 0, y0 + 0, data)
+
+    fn = jax.jit(run, donate_argnums=1)
     t0 = time.perf_counter()
-    compiled = fn.lower(sj.init(x0, y0), params, graph, data, key).compile()
+    compiled = fn.lower(alg, fresh_state(), params, data, key).compile()
     compile_s = time.perf_counter() - t0
     mem = None
     try:
@@ -474,19 +407,9 @@ def slamjax_runner(graph, d, n, steps, block=None, rowmajor=False):
         pass
 
     def call(state):
-        return compiled(state, params, graph, data, key)
+        return compiled(alg, state, params, data, key)
 
-    return call, (x0, y0), compile_s, mem
-
-
-def current_rss_mib() -> float | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    return call, fresh_state, compile_s, mem
 
 
 class Timed:
@@ -514,20 +437,22 @@ def prepare_slamjax(graph, d, n, block, target_s, max_steps=20000, rowmajor=Fals
     reset_peak_rss()
     # a short probe call sizes the scan so that one call takes ≈ target_s
     probe_steps = 2
-    call, (x0, y0), _, _ = slamjax_runner(graph, d, n, probe_steps, block, rowmajor)
-    jax.block_until_ready(call(sj.init(x0 + 0, y0 + 0)))
-    t = best_time(lambda: jax.block_until_ready(call(sj.init(x0 + 0, y0 + 0))), 1)
+    call, fresh_state, _, _ = slamjax_runner(graph, d, n, probe_steps, block, rowmajor)
+    jax.block_until_ready(call(fresh_state()))
+    s0 = fresh_state()
+    jax.block_until_ready(s0)
+    t = best_time(lambda: jax.block_until_ready(call(s0)), 1)
     steps = int(min(max(2, target_s / max(t / probe_steps, 1e-7)), max_steps))
     del call
     gc.collect()
-    call, (x0, y0), compile_s, mem = slamjax_runner(graph, d, n, steps, block, rowmajor)
-    state = call(sj.init(x0 + 0, y0 + 0))  # warm-up (the first call's extra cost is compile_s)
+    call, fresh_state, compile_s, mem = slamjax_runner(graph, d, n, steps, block, rowmajor)
+    state = call(fresh_state())  # warm-up (the first call's extra cost is compile_s)
     jax.block_until_ready(state)
     finite = bool(jnp.all(jnp.isfinite(state.x)))
     del state
 
     def once():
-        s0 = sj.init(x0 + 0, y0 + 0)
+        s0 = fresh_state()
         jax.block_until_ready(s0)
         t0 = time.perf_counter()
         jax.block_until_ready(call(s0))
@@ -567,8 +492,13 @@ def agreement_check(d: int = 10, n: int = 64, steps: int = 5, rowmajor: bool = F
     """All implementations compute the same iterates (max |Δx| / max |x| after ``steps``)."""
     g = build_graph("sw", n)
     problem, data, x0, y0 = make_quadratic(n, d, d, 1, seed=0)
-    ref = sj.solve(problem, g, sj.SLAMParams.create(ALPHA, BETA, RHO, GAMMA), data, x0, y0,
-                   jax.random.key(0), steps, sj.SLAMConfig("slam", sj.CG(K_CG)))
+    params = sj.SLAMParams.create(ALPHA, BETA, RHO, GAMMA)
+
+    def solve(prob, graph, block=None):
+        alg = sj.slam(prob, graph, sj.SLAMConfig("slam", sj.CG(K_CG), agent_block=block))
+        return sj.solve(alg, params, data, x0, y0, jax.random.key(0), steps)
+
+    ref = solve(problem, g)
     xr = np.asarray(ref.x)
     out = {}
     impls = [("numpy_batched", NumpyBatched), ("numpy_loop", NumpyLoop)]
@@ -584,19 +514,13 @@ def agreement_check(d: int = 10, n: int = 64, steps: int = 5, rowmajor: bool = F
             impl.step()
         xi = impl.state_x() if hasattr(impl, "state_x") else impl.x
         out[name] = float(np.max(np.abs(np.asarray(xi) - xr)) / np.max(np.abs(xr)))
-    dense = sj.solve(problem, G.with_mixing(g, "dense"),
-                     sj.SLAMParams.create(ALPHA, BETA, RHO, GAMMA), data, x0, y0,
-                     jax.random.key(0), steps, sj.SLAMConfig("slam", sj.CG(K_CG)))
+    dense = solve(problem, G.with_mixing(g, "dense"))
     out["slamjax_dense"] = float(np.max(np.abs(np.asarray(dense.x) - xr)) / np.max(np.abs(xr)))
-    blocked = sj.solve(problem, g, sj.SLAMParams.create(ALPHA, BETA, RHO, GAMMA), data, x0,
-                       y0, jax.random.key(0), steps,
-                       sj.SLAMConfig("slam", sj.CG(K_CG), agent_block=16))
+    blocked = solve(problem, g, block=16)
     out["slamjax_block"] = float(np.max(np.abs(np.asarray(blocked.x) - xr)) /
                                  np.max(np.abs(xr)))
     if rowmajor:
-        rm = sj.solve(rowmajor_quadratic(problem), g,
-                      sj.SLAMParams.create(ALPHA, BETA, RHO, GAMMA), data, x0, y0,
-                      jax.random.key(0), steps, sj.SLAMConfig("slam", sj.CG(K_CG)))
+        rm = solve(rowmajor_quadratic(problem), g)
         out["slamjax_rowmajor"] = float(np.max(np.abs(np.asarray(rm.x) - xr)) /
                                         np.max(np.abs(xr)))
     return out
@@ -625,22 +549,24 @@ def sharding_worker(spec: dict) -> dict:
         for D in spec["device_counts"]:
             mesh = sh.agent_mesh(D)
             pg = sh.partition_graph(g, mesh) if D > 1 else g
+            alg = sj.slam(problem, pg, cfg)
+            st = alg.init(x0, y0, data)
             if D > 1:
-                st, dat = sh.shard_problem_inputs(mesh, state=sj.init(x0, y0), data=data)
+                st, dat = sh.shard_problem_inputs(mesh, state=st, data=data)
                 p_, k_ = sh.replicate(params, mesh), sh.replicate(key, mesh)
             else:
-                st, dat, p_, k_ = sj.init(x0, y0), data, params, key
-            fn = jax.jit(lambda s, p, gr, dt, k: sj.scan_steps(problem, cfg, gr, p, s, dt, k,
-                                                               steps), donate_argnums=0)
+                dat, p_, k_ = data, params, key
+            fn = jax.jit(lambda a, s, p, dt, k: sj.iterate(a, p, dt, s, k, steps),
+                         donate_argnums=1)
             t0 = time.perf_counter()
-            c = fn.lower(st, p_, pg, dat, k_).compile()
+            c = fn.lower(alg, st, p_, dat, k_).compile()
             comp = time.perf_counter() - t0
 
-            def once(c=c, st=st, p_=p_, pg=pg, dat=dat, k_=k_, D=D):
+            def once(c=c, alg=alg, st=st, p_=p_, dat=dat, k_=k_, D=D):
                 s0 = jax.tree.map(lambda a: a + 0, st)
                 jax.block_until_ready(s0)
                 t0 = time.perf_counter()
-                res = c(s0, p_, pg, dat, k_)
+                res = c(alg, s0, p_, dat, k_)
                 jax.block_until_ready(res)
                 finals[D] = np.asarray(res.x)
                 return time.perf_counter() - t0
@@ -774,7 +700,7 @@ def main(argv=None) -> int:
         results["targets"] = summarize(results["records"], results["roofline"],
                                        results["machine_limits"], sharding,
                                        results["config"]["quick"])
-        path.write_text(json.dumps(results, indent=1, default=str))
+        write_json(path, results)
         print(f"merged into {path}")
         return 0
     d_list = [int(v) for v in args.d.split(",")]
@@ -935,7 +861,7 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(results, indent=1, default=str))
+    write_json(out / f"{args.name}.json", results)
     png = plot(results, out / f"{args.name}.png")
     print("\ntargets:")
     for t in summary:

@@ -36,9 +36,17 @@ Setting (paper §C.5, with the readings we chose where it is ambiguous; see
 References (same plots): single-agent ANIL (n = 1, all 60 000 images, batch 32); "ideal
 consensus" for n = 10 — one agent with batch 320 and the loss scale of 32, i.e. the 10
 agents' body and head gradients averaged exactly every step: what perfect averaging could give
-at these step sizes; decentralized
-SGD (gossip with W = I − L/(1 + d_max), every parameter shared, no bilevel split, same step
-sizes per layer and the same loss g) on the n = 10 graph.
+at these step sizes; decentralized SGD (:func:`slamjax.baselines.dsgd`: every parameter
+gossiped with the Metropolis–Hastings mixing matrix W of ``graph.mix``, no bilevel split, same
+step sizes per layer — ``DSGDParams(1/α, 1/β)`` — and the same loss g) on the n = 10 graph.
+Before the library refactor this script gossiped with W = I − L/(1 + d_max): the same on
+regular graphs; otherwise the Metropolis weight 1/(1 + max(d_i, d_j)) of an edge between
+low-degree agents is larger (the committed ``results/table2*.json`` predate the change).
+
+Runs: every (n, reference) is one ``slamjax.run`` — seeds (one initialisation per seed,
+``batched_init``) × parameter sets (``grid``, Fig 9) as vmapped lanes of one compiled program;
+a callback stops the run once every lane has crossed 93.5 % and 25 % more iterations have run
+(Table 2; Fig 9 runs its whole horizon).
 
 ``--step-rule linear`` runs the alternative in which the UL step grows with n (1/α = 0.01·n/2,
 ρ scaled alike so the stability margin is kept) — Theorem 1's 1/α ∝ √(n/T) at the horizon
@@ -47,10 +55,11 @@ T ∝ 1/n a linear speed-up would need; it writes ``*_linear`` files.
     python experiments/meta_learning.py            # Table 2 + Fig 8 (5 n × 5 seeds)
     python experiments/meta_learning.py --fig9     # Fig 9: α, β, ρ at standard, 1/2, 1/10
     python experiments/meta_learning.py --quick    # smoke run (~1 min), *_quick files
+    python experiments/meta_learning.py --quick --out /tmp/meta   # elsewhere than results/
     slamjax reproduce table2 | fig9                # the same through the CLI
 
 Writes ``results/table2.{json,md}``, ``results/fig8a.png``, ``results/fig8b.png`` (Fig 9:
-``results/fig9.json``, ``results/fig9_{alpha,beta,rho}.png``).
+``results/fig9.json``, ``results/fig9_{alpha,beta,rho}.png``); ``--out DIR`` writes to DIR.
 """
 
 from __future__ import annotations
@@ -59,13 +68,14 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common (also when run via runpy)
+from _common import RESULTS, ROOT, machine_info, pyplot, save_figure  # noqa: E402
+
 if str(ROOT) not in sys.path:  # allow running from a fresh clone without installing
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -73,18 +83,16 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax import lax  # noqa: E402
 
 import slamjax as sj  # noqa: E402
-from slamjax.graphs import laplacian_matvec  # noqa: E402
-from slamjax.metrics import consensus_error, evaluate  # noqa: E402
-from slamjax.problem import DATA_AXES  # noqa: E402
+from slamjax.baselines import DSGDParams, dsgd  # noqa: E402
 from slamjax.problems import meta_anil as MA  # noqa: E402
-from slamjax.slam import SLAMParams, init, scan_steps, validate  # noqa: E402
+from slamjax.problems.meta_anil import (crossing_stats, first_crossing,  # noqa: E402
+                                        loglog_slope)
 
 #: paper Table 2: samples passed (per agent) until 93.5 % test accuracy
 PAPER_TABLE2 = {2: 62976, 4: 30336, 6: 19328, 8: 12672, 10: 6656}
-THRESHOLD = 0.935
+THRESHOLD = MA.PAPER_THRESHOLD  # 0.935
 STANDARD = dict(alpha=100.0, beta=10.0, rho=10.0, gamma=1.0)
 SOLVER = sj.Neumann(K=10, eta=1.0 / 320.0)
 METRIC = "test_acc"
@@ -92,180 +100,77 @@ ENSEMBLE = "test_acc_avg"
 
 
 # ----------------------------------------------------------------------------------------
-# runners: many instances (seeds × hyperparameters) of one n in one compiled program,
-# a host loop over fixed-size chunks that stops once every instance has crossed the threshold
+# runners: many instances (seeds × hyperparameters) of one n as lanes of one compiled program
+# (slamjax.run), stopped early once every instance has crossed the threshold
 # ----------------------------------------------------------------------------------------
-def _slam_chunk_impl(states, params, keys, graph, data, *, problem, config, log_every, nlogs):
-    def one(state, p, key):
-        def body(s, _):
-            s = scan_steps(problem, config, graph, p, s, data, key, log_every)
-            return s, evaluate(problem, config, graph, s, data)
-        return lax.scan(body, state, None, length=nlogs)
-    return jax.vmap(one)(states, params, keys)
+def _starts(n, seeds):
+    """x0, y0 with a leading seed axis: one flax initialisation per seed (batched_init)."""
+    inits = [MA.init_params(n, s) for s in seeds]
+    return tuple(jax.tree.map(lambda *a: jnp.stack(a), *[i[k] for i in inits]) for k in (0, 1))
 
 
-_slam_chunk = jax.jit(_slam_chunk_impl,
-                      static_argnames=("problem", "config", "log_every", "nlogs"))
-_slam_eval = jax.jit(jax.vmap(evaluate, in_axes=(None, None, None, 0, None)),
-                     static_argnums=(0, 1))
-
-
-def _dsgd_step(problem, graph, eta, state, data, key):
-    """Decentralized SGD: v ← W v − η ∇g_i(v_i), W = I − ε L, ε = 1/(1 + d_max)."""
-    x, y, t = state
-    k = jax.random.fold_in(key, t)
-    batch = jax.vmap(problem.sample, in_axes=(0, DATA_AXES))(jax.random.split(k, graph.n), data)
-    gx, gy = jax.vmap(jax.grad(problem.g, argnums=(0, 1)), in_axes=(0, 0, DATA_AXES, 0))(
-        x, y, data, batch)
-    eps, eta_x, eta_y = eta
-
-    def mix_step(v, grad, lr):
-        return jax.tree.map(lambda a, lv, gr: a - eps * lv - lr * gr, v,
-                            laplacian_matvec(graph, v), grad)
-
-    return mix_step(x, gx, eta_x), mix_step(y, gy, eta_y), t + 1
-
-
-def _dsgd_eval(problem, graph, state, data):
-    x, y, _ = state
-    out = {"consensus_x": consensus_error(graph, x), "consensus_y": consensus_error(graph, y)}
-    out.update(problem.metrics(x, y, data, True, True))
-    return out
-
-
-def _dsgd_chunk_impl(states, etas, keys, graph, data, *, problem, log_every, nlogs):
-    def one(state, eta, key):
-        def body(s, _):
-            s = lax.fori_loop(0, log_every,
-                              lambda _, c: _dsgd_step(problem, graph, eta, c, data, key), s)
-            return s, _dsgd_eval(problem, graph, s, data)
-        return lax.scan(body, state, None, length=nlogs)
-    return jax.vmap(one)(states, etas, keys)
-
-
-_dsgd_chunk = jax.jit(_dsgd_chunk_impl, static_argnames=("problem", "log_every", "nlogs"))
-_dsgd_eval_v = jax.jit(jax.vmap(_dsgd_eval, in_axes=(None, None, 0, None)), static_argnums=0)
-
-
-def _stack(trees):
-    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
-
-
-def _drive(chunk, state, first, *, max_steps, log_every, logs_per_chunk, threshold, margin,
-           desc, progress, stop_metric=METRIC):
-    """Host loop over chunks; stop when every instance crossed ``threshold`` and ``margin``
-    (fraction) more steps have run, or at ``max_steps``. Returns (steps, history, times)."""
-    t0 = time.perf_counter()
-    logs = [{k: np.asarray(v)[:, None] for k, v in first.items()}]
-    steps = [0]
-    chunk_steps = log_every * logs_per_chunk
-    done, stop_at, compile_s = 0, max_steps, None
-    while done < stop_at:
-        tc = time.perf_counter()
-        state, mets = chunk(state)
-        mets = jax.device_get(mets)
-        if compile_s is None:
-            compile_s = time.perf_counter() - tc  # first call includes compilation
-        logs.append({k: np.asarray(v) for k, v in mets.items()})
-        steps += [done + (j + 1) * log_every for j in range(logs_per_chunk)]
-        done += chunk_steps
-        acc = np.concatenate([l[stop_metric] for l in logs], axis=1)
+def early_stop(threshold=THRESHOLD, margin=0.25, metric=METRIC):
+    """``sj.run`` callback: once every lane has crossed ``threshold`` (lanes that diverged are
+    not waited for), run ``margin`` (a fraction) more steps after the last first crossing —
+    returns that total number of steps; ``None`` until then (and always for an infinite
+    ``margin``)."""
+    def callback(steps, hist):
+        if not math.isfinite(margin):
+            return None
+        acc = np.asarray(hist[metric], float)
+        acc = acc.reshape(-1, acc.shape[-1])
         crossed = (acc >= threshold).any(axis=1)
-        if not np.isfinite(acc[:, -1]).all():
-            warnings.warn(f"{desc}: non-finite metrics by step {done}; stopping", RuntimeWarning)
-            break
-        if crossed.all() and stop_at == max_steps and math.isfinite(margin):
-            last = max(first_crossing(np.asarray(steps), a, threshold) for a in acc)
-            stop_at = min(max_steps, int(math.ceil(last * (1 + margin) / chunk_steps))
-                          * chunk_steps)
-        if progress:
-            print(f"    {desc}: step {done:5d}/{stop_at}  {stop_metric} "
-                  f"{np.mean(acc[:, -1]):.4f}  crossed {int(crossed.sum())}/{len(crossed)}  "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    hist = {k: np.concatenate([l[k] for l in logs], axis=1) for k in first}
-    return np.asarray(steps), hist, {"wall_s": time.perf_counter() - t0,
-                                     "first_chunk_s": compile_s, "steps_run": done}
+        if not crossed.any() or not (crossed | ~np.isfinite(acc[:, -1])).all():
+            return None
+        last = max(first_crossing(steps, a, threshold) for a in acc[crossed])
+        return int(math.ceil(last * (1.0 + margin)))
+    return callback
+
+
+def _run(alg, params, data, x0, y0, seeds, *, grid=None, max_steps, log_every,
+         logs_per_chunk=10, threshold=THRESHOLD, margin=0.25, desc="", progress=True):
+    """``sj.run`` over seeds (and grid points) with the early stop; returns (steps, history,
+    times), history arrays (instances, num_logs) in (grid point, seed) order."""
+    t0 = time.perf_counter()
+    res = sj.run(alg, params, data, x0, y0, num_steps=max_steps, log_every=log_every,
+                 seeds=list(seeds), grid=grid, batched_init=True, progress=progress,
+                 desc=desc or None, logs_per_chunk=logs_per_chunk,
+                 callback=early_stop(threshold, margin))
+    hist = {k: np.asarray(v).reshape(-1, np.shape(v)[-1]) for k, v in res.history.items()}
+    times = {"wall_s": time.perf_counter() - t0, "compile_s": res.compile_time,
+             "run_s": res.run_time, "steps_run": int(res.num_steps),
+             "steps_per_sec": res.steps_per_sec}
+    return np.asarray(res.steps), hist, times
 
 
 def run_slam(problem, graph, data, n, param_sets, seeds, *, max_steps, log_every,
              logs_per_chunk=10, threshold=THRESHOLD, margin=0.25, desc="", progress=True,
              config=None):
-    """SLAM-U for every (parameter set, seed): one vmapped program. History arrays have shape
+    """SLAM-U for every (parameter set, seed): one vmapped program (``sj.run`` with
+    ``grid=param_sets``, ``seeds``, one start per seed). History arrays have shape
     (len(param_sets) * len(seeds), num_logs) in (param set, seed) order."""
     config = config or sj.SLAMConfig("slam_u", solver=SOLVER)
-    inits = [MA.init_params(n, s) for s in seeds]
-    # concrete checks (shapes, positivity, stability warning) for every parameter set
-    for ps in param_sets:
-        validate(problem, config, graph, SLAMParams.create(**ps), init(*inits[0]), data)
-    params = SLAMParams(*(jnp.asarray([ps[k] for ps in param_sets for _ in seeds], jnp.float32)
-                          for k in ("alpha", "beta", "rho", "gamma")))
-    states = _stack([init(*inits[i]) for _ in param_sets for i in range(len(seeds))])
-    keys = jax.vmap(jax.random.key)(jnp.asarray([s for _ in param_sets for s in seeds],
-                                                jnp.uint32))
-    first = jax.device_get(_slam_eval(problem, config, graph, states, data))
-
-    def chunk(st):
-        return _slam_chunk(st, params, keys, graph, data, problem=problem, config=config,
-                           log_every=log_every, nlogs=logs_per_chunk)
-    return _drive(chunk, states, first, max_steps=max_steps,
-                  log_every=log_every, logs_per_chunk=logs_per_chunk, threshold=threshold,
-                  margin=margin, desc=desc, progress=progress)
+    x0, y0 = _starts(n, seeds)
+    grid = [{k: float(ps[k]) for k in ("alpha", "beta", "rho", "gamma")} for ps in param_sets]
+    return _run(sj.slam(problem, graph, config), sj.SLAMParams.create(**grid[0]), data,
+                x0, y0, seeds, grid=grid, max_steps=max_steps, log_every=log_every,
+                logs_per_chunk=logs_per_chunk, threshold=threshold, margin=margin, desc=desc,
+                progress=progress)
 
 
 def run_dsgd(problem, graph, data, n, seeds, *, alpha, beta, max_steps, log_every,
              logs_per_chunk=10, threshold=THRESHOLD, margin=0.25, desc="", progress=True):
-    """Decentralized SGD reference (all parameters gossiped), one program over seeds."""
-    eps = 1.0 / (1.0 + float(np.max(np.asarray(graph.degree)))) if graph.n > 1 else 0.0
-    etas = tuple(jnp.full((len(seeds),), v, jnp.float32) for v in (eps, 1 / alpha, 1 / beta))
-    states = _stack([(*MA.init_params(n, s), jnp.zeros((), jnp.int32)) for s in seeds])
-    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-    first = jax.device_get(_dsgd_eval_v(problem, graph, states, data))
-
-    def chunk(st):
-        return _dsgd_chunk(st, etas, keys, graph, data, problem=problem, log_every=log_every,
-                           nlogs=logs_per_chunk)
-    return _drive(chunk, states, first, max_steps=max_steps, log_every=log_every,
-                  logs_per_chunk=logs_per_chunk, threshold=threshold, margin=margin,
-                  desc=desc, progress=progress)
+    """Decentralized SGD reference (all parameters gossiped with the Metropolis W, steps
+    1/α on the body and 1/β on the head, loss g), one program over seeds."""
+    x0, y0 = _starts(n, seeds)
+    return _run(dsgd(problem, graph), DSGDParams(1.0 / alpha, 1.0 / beta), data, x0, y0,
+                seeds, max_steps=max_steps, log_every=log_every, logs_per_chunk=logs_per_chunk,
+                threshold=threshold, margin=margin, desc=desc, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------
 # analysis
 # ----------------------------------------------------------------------------------------
-def first_crossing(steps, acc, threshold=THRESHOLD) -> float:
-    """First iteration at which ``acc`` reaches ``threshold`` (linear interpolation between
-    logs); NaN if it never does."""
-    acc = np.asarray(acc, float)
-    hit = np.nonzero(acc >= threshold)[0]
-    if len(hit) == 0:
-        return float("nan")
-    j = int(hit[0])
-    if j == 0:
-        return float(steps[0])
-    a0, a1 = acc[j - 1], acc[j]
-    frac = (threshold - a0) / (a1 - a0) if a1 > a0 else 1.0
-    return float(steps[j - 1] + frac * (steps[j] - steps[j - 1]))
-
-
-def crossing_stats(steps, hist_rows, batch, threshold=THRESHOLD) -> dict:
-    it = np.array([first_crossing(steps, a, threshold) for a in hist_rows])
-    samples = it * batch
-    ok = np.isfinite(samples)
-    return {"iterations": it.tolist(), "samples": samples.tolist(),
-            "reached": int(ok.sum()), "seeds": int(len(ok)),
-            "mean": float(np.mean(samples[ok])) if ok.any() else None,
-            "std": float(np.std(samples[ok], ddof=1)) if ok.sum() > 1 else None}
-
-
-def loglog_slope(ns, values):
-    ns, values = np.asarray(ns, float), np.asarray(values, float)
-    ok = np.isfinite(values) & (values > 0)
-    if ok.sum() < 2:
-        return float("nan"), float("nan")
-    slope, icpt = np.polyfit(np.log(ns[ok]), np.log(values[ok]), 1)
-    return float(slope), float(icpt)
-
-
 def _summ(hist, key):
     v = np.asarray(hist[key], float)
     return {"mean": v.mean(0).tolist(), "std": v.std(0).tolist()}
@@ -274,15 +179,6 @@ def _summ(hist, key):
 # ----------------------------------------------------------------------------------------
 # plotting
 # ----------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 COLORS = {2: "tab:blue", 4: "tab:orange", 6: "tab:green", 8: "tab:red", 10: "tab:purple"}
 REF_STYLE = {"single": ("tab:brown", ":"), "ideal": ("0.25", "-."), "dsgd": ("k", "--")}
 
@@ -296,7 +192,7 @@ def _band(ax, x, rows, label, color=None, ls="-", lw=1.6):
 
 
 def plot_fig8a(res, path, batch):
-    plt = _plt()
+    plt = pyplot()
     two = bool(res.get("literal"))
     fig, axes = plt.subplots(1, 2 if two else 1, figsize=(13, 4.8) if two else (7, 4.8))
     axes = np.atleast_1d(axes)
@@ -322,9 +218,7 @@ def plot_fig8a(res, path, batch):
     ax.legend(fontsize=7.5, ncol=2, loc="lower right")
     if not two:
         ax.set_title(f"(a) MNIST split in n parts, step rule: {res['config']['step_rule']}")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        save_figure(fig, path, dpi=120)
         return
     ax = axes[1]
     for n, r in res.get("literal", {}).items():
@@ -342,13 +236,11 @@ def plot_fig8a(res, path, batch):
     ax.legend(fontsize=8, loc="lower right")
     fig.suptitle("Fig. 8(a): SLAM-U (ANIL) test accuracy vs samples; stars = paper's 93.5 % "
                  "crossings; bands = ±1 std over seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_fig8b(res, path):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ns = np.array(sorted(int(n) for n in res["table"]))
     rows = [res["table"][str(n)] for n in ns]
@@ -395,13 +287,11 @@ def plot_fig8b(res, path):
                  + ("fixed step sizes)" if rule == "fixed" else "UL step ∝ n)"), fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_fig9(res, out, batch, suffix=""):
-    plt = _plt()
+    plt = pyplot()
     paths = []
     for which, label in (("alpha", "α (UL step 1/α)"), ("beta", "β (LL step 1/β)"),
                          ("rho", "ρ (penalty)")):
@@ -422,11 +312,7 @@ def plot_fig9(res, out, batch, suffix=""):
         ax.set_title(f"Fig. 9: SLAM-U, varying {label}, n={res['n']}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        p = Path(out) / f"fig9_{which}{suffix}.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save_figure(fig, Path(out) / f"fig9_{which}{suffix}.png", dpi=120))
     return paths
 
 
@@ -651,18 +537,25 @@ def table2_markdown(res, args) -> str:
              f"β={STANDARD['beta']:g}, ρ={STANDARD['rho']:g}, γ={STANDARD['gamma']:g}; "
              f"{SOLVER}; summed minibatch losses (batch {args.batch}), l2=0.01; "
              f"Erdős–Rényi p=2 ln n/n. Wall time {res['wall_time_s']:.0f} s "
-             f"({res['machine']['cpus']} CPUs, load average {res['machine']['load_before']} "
+             f"({_cores(res['machine'])} CPUs, load average {res['machine']['load_before']} "
              f"before / {res['machine']['load_after']} after, jax {jax.__version__}).")
     return "\n".join(L) + "\n"
 
 
-def _machine():
+def _load():
     try:
-        load = [round(v, 2) for v in os.getloadavg()]
+        return [round(v, 2) for v in os.getloadavg()]
     except OSError:
-        load = None
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load,
-            "backend": jax.default_backend(), "jax": jax.__version__}
+        return None
+
+
+def _machine():
+    """``_common.machine_info()`` plus the load average before the runs."""
+    return {**machine_info(extra_packages=()), "load_before": _load()}
+
+
+def _cores(machine):
+    return machine.get("cores", machine.get("cpus"))  # "cpus" in JSON written before _common
 
 
 # ----------------------------------------------------------------------------------------
@@ -706,7 +599,8 @@ def parse_args(argv=None):
     p.add_argument("--step-rule", choices=("fixed", "linear"), default="fixed")
     p.add_argument("--fig9-n", type=_pos_int, default=4, help="agents in Fig 9 (4)")
     p.add_argument("--data", default=None, help="MNIST directory (default: the usual search)")
-    p.add_argument("--out", default=str(ROOT / "results"))
+    p.add_argument("--out", default=str(RESULTS),
+                   help="output directory (default results/)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--replot", action="store_true",
                    help="redraw the figures (and Table 2 Markdown) from the saved JSON")
@@ -754,7 +648,7 @@ def main(argv=None) -> int:
         arrays = MA.load_mnist_splits(args.data)
         print(f"MNIST loaded and verified in {time.perf_counter() - t0:.1f} s "
               f"(train {arrays[0].shape}, test {arrays[2].shape}); backend "
-              f"{jax.default_backend()}, {machine['cpus']} CPUs, load {machine['load_before']}",
+              f"{jax.default_backend()}, {_cores(machine)} CPUs, load {machine['load_before']}",
               flush=True)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -762,7 +656,7 @@ def main(argv=None) -> int:
     except (DataNotFoundError, CorruptDataError, ValueError) as e:
         print(f"meta_learning: error: {e}", file=sys.stderr)
         return 2
-    machine["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    machine["load_after"] = _load()
     res["machine"] = machine
     res["config"] = {k: v for k, v in vars(args).items()}
     res["config"].update(standard=STANDARD, solver=repr(SOLVER), threshold=THRESHOLD,

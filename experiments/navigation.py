@@ -35,7 +35,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -45,8 +44,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a fresh clone without installing
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
+
+from _common import machine_info, pyplot, write_json  # noqa: E402
 
 import slamjax.rl as rl  # noqa: E402
 from slamjax.rl.core import DISPLAY  # noqa: E402
@@ -148,7 +150,7 @@ def run_one(algorithm, n, rounds, seeds, args, hparams=None, graph=None, label=N
                  desc=label or f"{DISPLAY[name]} n={n}", fast_compile=args.quick,
                  **({} if isinstance(algorithm, rl.ACConfig) else {"n": n}))
     wall = time.perf_counter() - t0
-    print(f"  {label or DISPLAY[algorithm]} (n={n}): compile {res.compile_time:.1f}s, run "
+    print(f"  {label or DISPLAY[name]} (n={n}): compile {res.compile_time:.1f}s, run "
           f"{res.run_time:.1f}s, total {wall:.1f}s", flush=True)
     return res, wall
 
@@ -275,10 +277,7 @@ def print_tables(fig, runs, comps):
 
 
 def plot(fig, spec, rounds, runs, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     def band(ax, r, label, color=None, ls="-"):
         cur = np.array(r["curve_binned"], dtype=float)  # (S, rounds/BIN), NaN after divergence
@@ -368,8 +367,7 @@ def run_figure(fig: str, args) -> dict:
         "quick": bool(args.quick), "command": " ".join(sys.argv),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "jax_version": jax.__version__, "backend": jax.default_backend(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_at_end": os.getloadavg()},
+        "machine": {**machine_info(extra_packages=()), "loadavg_at_end": os.getloadavg()},
         "setting": {"episode_length": 25, "envs_per_round": 16, "iters_per_round": 8,
                     "minibatch": 50, "hidden": 20, "discount": 0.95,
                     "actor": "Adam, step 1e-4", "critic": "plain step 0.05 on the mean "
@@ -380,7 +378,7 @@ def run_figure(fig: str, args) -> dict:
         "wall_time_s": wall, "runs": runs, "paired": comps,
     }
     stem = "ablation" if fig == "ablation" else f"fig{fig}"
-    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    write_json(out / f"{stem}.json", payload)
     print_tables(fig, runs, comps)
     if not args.no_plot:
         plot(fig, spec, rounds, runs, out / f"{stem}.png")

@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -52,6 +50,9 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_info, pyplot, write_json  # noqa: E402
 
 import slamjax as sj  # noqa: E402
 from slamjax.problems.quadratic import make_quadratic  # noqa: E402
@@ -76,16 +77,20 @@ def theorem1_params(n: int, T: int, lam_max: float, c: float = 0.25, eta_max: fl
 def run_horizon(problem, graph, data, x0, y0, T, seeds, c, eta_max, log_every, chunk):
     a, b, rho, g = theorem1_params(graph.n, T, graph.lam_max, c, eta_max)
     params = sj.SLAMParams.create(a, b, rho, g)
+    alg = sj.slam(problem, graph, sj.SLAMConfig("slam", sj.CG(10)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sj.StabilityWarning)
-        res = sj.run(problem, graph, params, data, x0, y0, num_steps=T, log_every=log_every,
+        res = sj.run(alg, params, data, x0, y0, num_steps=T, log_every=log_every,
                      seeds=seeds, progress=False, logs_per_chunk=chunk)
     gF = np.asarray(res.history["grad_F_sq"])            # (seeds, T/log_every + 1)
     mean_curve = gF.mean(axis=0)
     avg = float(mean_curve[1:].mean())                   # ≈ (1/T) Σ_{r=1..T} E‖∇F(1x̄^r)‖²
     return {"T": T, "eta": 1.0 / a, "rho": rho, "avg_gradF_sq": avg,
             "final_gradF_sq": float(mean_curve[-1]), "compile_s": res.compile_time,
-            "run_s": res.run_time, "diverged_at": res.diverged_at,
+            "run_s": res.run_time,
+            # None, or per seed the step of divergence (-1: that seed stayed finite)
+            "diverged_at": None if res.diverged_at is None else
+            np.asarray(res.diverged_at).tolist(),
             "steps": res.steps.tolist(), "curve": mean_curve.tolist(),
             "consensus_x": float(np.asarray(res.history["consensus_x"]).mean(0)[-1])}
 
@@ -200,8 +205,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "jax": jax.__version__, "backend": jax.default_backend()},
+        "machine": machine_info(extra_packages=()),
         "config": {"ns": ns, "seeds": seeds, "d": args.d, "m": 1, "noise": args.noise,
                    "eps": eps, "c": args.c, "eta_max": args.eta_max, "gamma": GAMMA,
                    "t_min": args.t_min, "t_max": t_max, "t_plot": t_plot,
@@ -210,18 +214,14 @@ def main(argv=None) -> int:
         "fit": {"slope": slope, "intercept": icpt, "points": pts, "slope_all_n": slope_all},
         "per_n": per_n, "total_runtime_s": time.perf_counter() - t0,
     }
-    (out / f"{args.name}.json").write_text(json.dumps(payload, indent=1, default=float))
+    write_json(out / f"{args.name}.json", payload)
     png = plot(payload, out / f"{args.name}.png")
     print(f"wrote {out / (args.name + '.json')} and {png} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
 def plot(payload, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     per_n = payload["per_n"]
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))

@@ -7,40 +7,44 @@ quadratic problem (noisy gradient oracle, σ = 1),
     L(ρ, α) = E_{instance, noise} [ (1/n) Σ_i F(x_i^T) − F* ],
 
 estimated on 4 training instances (data seeds) × 4 noise keys, vmapped. ``slamjax.diff``
-differentiates the whole 200-step run (``final_loss_fn(..., loss="ul_objective_agents")``) with
-respect to log ρ and log α, and Adam (optax; gradient clipping, cosine-decayed learning rate,
+differentiates the whole 200-step run of ``alg = sj.slam(problem, graph, config)``
+(``final_loss_fn(alg, T, quadratic.ul_objective_loss(per_agent=True))``) with respect to
+log ρ and log α, and Adam (optax; gradient clipping, cosine-decayed learning rate,
 updates skipped if a loss is not finite) updates them. Then default and tuned values are
 compared on held-out runs: 8 *new* problem instances × 4 *new* noise keys (no overlap with
 training). Also drawn: the held-out loss as a function of ρ (a grid, forward runs only), to
 show where the tuned ρ sits and how close it is to the stability bound.
 
-Writes ``results/tune_by_gradient.json`` and ``results/tune_by_gradient.png``.
+Writes ``results/tune_by_gradient.json`` and ``results/tune_by_gradient.png`` (``--out`` sets
+the JSON path; the figure goes next to it).
 
     python experiments/tune_by_gradient.py           # ~1–2 min on 2 cores
-    python experiments/tune_by_gradient.py --quick   # fewer iterations
+    python experiments/tune_by_gradient.py --quick --out /tmp/tune.json   # fewer iterations
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parents[1]
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from _common import RESULTS, ROOT, machine_info, pyplot, save_figure, write_json  # noqa: E402
+
 if str(ROOT) not in sys.path:  # allow running from a fresh clone without installing
     sys.path.insert(0, str(ROOT))
 
 import slamjax as sj  # noqa: E402
 from slamjax.diff import final_loss_fn  # noqa: E402
-from slamjax.problems.quadratic import fixed_point, make_quadratic, ul_objective  # noqa: E402
+from slamjax.problems.quadratic import (fixed_point, make_quadratic, ul_objective,  # noqa: E402
+                                        ul_objective_loss)
 
 
 @jax.jit
@@ -71,7 +75,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="Adam steps (default 100)")
     ap.add_argument("--lr", type=float, default=0.05,
                     help="initial Adam learning rate (log space), cosine-decayed to 10%%")
-    ap.add_argument("--out", default=str(ROOT / "results" / "tune_by_gradient.json"))
+    ap.add_argument("--out", default=str(RESULTS / "tune_by_gradient.json"),
+                    help="JSON path (the figure is written next to it, .png)")
     args = ap.parse_args(argv)
     steps = args.steps or (30 if args.quick else 100)
     t_start = time.perf_counter()
@@ -93,7 +98,9 @@ def main(argv=None):
         args.n, args.d, args.sigma, test_seeds)
     keys = lambda ks: jax.vmap(jax.random.key)(jnp.asarray(list(ks), jnp.uint32))  # noqa: E731
 
-    run_loss = final_loss_fn(problem, graph, config, args.T, loss="ul_objective_agents")
+    alg = sj.slam(problem, graph, config)
+    # (1/n) Σ_i F(x_i^T) with the LL in consensus (SLAM)
+    run_loss = final_loss_fn(alg, args.T, ul_objective_loss(consensus_y=True, per_agent=True))
 
     def excess(theta, data, x0, y0, fstar, ks):
         """Mean excess loss over instances × keys; also the per-run losses."""
@@ -201,8 +208,7 @@ def main(argv=None):
     total_s = time.perf_counter() - t_start
     print(f"compile {compile_s:.1f}s, {steps} Adam steps {tune_s:.1f}s, total {total_s:.1f}s")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    machine = machine_info(extra_packages=("optax",))
     meta = {"n": args.n, "d": args.d, "T": args.T, "sigma": args.sigma, "graph": graph.kind,
             "lam_max": graph.lam_max, "variant": config.variant,
             "solver": f"CG({config.solver.maxiter})", "beta": beta, "gamma": gamma,
@@ -212,24 +218,20 @@ def main(argv=None):
             "optimizer": f"clip_by_global_norm(1) + adam(cosine decay {args.lr} -> "
                          f"{args.lr / 10}) on (log rho, log alpha), apply_if_finite",
             "adam_steps": steps, "compile_s": compile_s, "tune_s": tune_s,
-            "total_s": total_s, "jax": jax.__version__, "cpu_count": os.cpu_count()}
-    out.write_text(json.dumps({"meta": meta, "default": results["default"],
-                               "tuned": results["tuned"], "heldout_improvement": improvement,
-                               "heldout_win_rate": wins, "history": history,
-                               "rho_landscape": grid}, indent=1))
-    png = out.with_suffix(".png")
-    plot(history, results, grid, meta, png)
+            "total_s": total_s, "jax": machine["jax"], "cpu_count": machine["cores"],
+            "machine": machine}
+    out = write_json(Path(args.out).with_suffix(".json"),
+                     {"meta": meta, "default": results["default"], "tuned": results["tuned"],
+                      "heldout_improvement": improvement, "heldout_win_rate": wins,
+                      "history": history, "rho_landscape": grid})
+    png = plot(history, results, grid, meta, out.with_suffix(".png"))
     print(f"wrote {out} and {png}")
     if not results["tuned"]["heldout_excess"] < results["default"]["heldout_excess"]:
         raise SystemExit("tuned values do not beat the default on held-out runs")
 
 
 def plot(history, results, grid, meta, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
     ax.semilogy(history["step"], history["train_loss"], label="train (4 instances × 4 keys)")
@@ -267,9 +269,7 @@ def plot(history, results, grid, meta, path):
         a.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"SLAM, n={meta['n']} agents ({meta['graph']}), d={meta['d']}, "
                  f"T={meta['T']}, noise σ={meta['sigma']}, {meta['solver']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

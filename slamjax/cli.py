@@ -120,7 +120,7 @@ def cmd_run(args) -> int:
     for cfg in configs:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            res = sj.run(problem, graph, params, data, x0, y0, config=cfg,
+            res = sj.run(sj.slam(problem, graph, cfg), params, data, x0, y0,
                          num_steps=args.steps, log_every=args.log_every, seed=args.seed,
                          progress=not args.no_progress, desc=cfg.variant)
         results[cfg.variant] = res

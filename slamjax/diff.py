@@ -50,6 +50,7 @@ Public API::
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -124,17 +125,20 @@ class Inputs(NamedTuple):
 # ----------------------------------------------------------------------------------------
 # adjoints
 # ----------------------------------------------------------------------------------------
-class Reverse(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Reverse:
     """Reverse mode through the scan: memory O(T)."""
 
 
-class Checkpointed(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Checkpointed:
     """Reverse mode over rematerialised chunks of ``every`` steps (``None``: ⌈√T⌉)."""
 
     every: int | None = None
 
 
-class Forward(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Forward:
     """Forward mode: one JVP per differentiated scalar, memory O(1) in T."""
 
 
@@ -257,7 +261,7 @@ def _run_loss(algorithm, num_steps, loss_fn, log_every, checkpoint_every, params
     return (value, state) if with_state else value
 
 
-def final_loss_fn(algorithm: Algorithm, num_steps: int = 100, loss: str | Callable = "f",
+def final_loss_fn(algorithm: Algorithm, num_steps: int, loss: str | Callable,
                   *, adjoint=None, log_every: int | None = None, with_state: bool = False,
                   checkpoint_every: int | None = None) -> Callable:
     """A pure function ``(params, data, x0, y0, key) -> scalar``: the loss after a run of
@@ -284,7 +288,7 @@ def final_loss_fn(algorithm: Algorithm, num_steps: int = 100, loss: str | Callab
     return run_loss
 
 
-def trajectory_loss_fn(algorithm: Algorithm, num_steps: int = 100, loss: str | Callable = "f",
+def trajectory_loss_fn(algorithm: Algorithm, num_steps: int, loss: str | Callable,
                        *, log_every: int = 10, adjoint=None, with_state: bool = False,
                        checkpoint_every: int | None = None) -> Callable:
     """Like :func:`final_loss_fn`, averaging ``loss`` over the states at steps
@@ -560,12 +564,16 @@ def _hashable_wrt(wrt):
 
 
 def value_and_grad_run(algorithm: Algorithm, params, data: ProblemData, x0, y0, key=0, *,
-                       num_steps: int, loss: str | Callable = "f",
+                       num_steps: int, loss: str | Callable,
                        wrt=("alpha", "beta", "rho", "gamma"), adjoint=None,
                        log_every: int | None = None, check: bool = True,
                        mode: str | None = None,
                        checkpoint_every: int | None = None) -> tuple[jax.Array, Any]:
     """Loss of a run and its derivatives with respect to what ``wrt`` selects.
+
+    A filter must select floating-point leaves only (``Inputs(data=True)`` over data with an
+    integer leaf is an error: select the float leaves with a prefix tree); the name
+    ``"data"`` selects every floating-point data leaf.
 
     ``wrt``: an :class:`Inputs` filter (returns an :class:`Inputs` of gradients, ``None``
     where not selected) or names (returns a dict: a scalar for a parameter field, the params

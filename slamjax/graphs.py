@@ -192,9 +192,10 @@ class Graph:
 # Laplacian–vector products
 # ----------------------------------------------------------------------------------------
 def _leaf_matvec(graph: Graph, x: jax.Array) -> jax.Array:
-    if x.shape[0] != graph.n:
+    if jnp.ndim(x) == 0 or x.shape[0] != graph.n:
         raise ValueError(
-            f"laplacian_matvec: leaf has leading (agent) axis {x.shape[0]}, graph has n={graph.n}")
+            f"laplacian_matvec: leaf of shape {jnp.shape(x)} needs the leading (agent) axis with "
+            f"size n={graph.n}")
     mode = graph.mixing
     if mode == "stencil":
         if graph.kind == "ring":
@@ -243,7 +244,8 @@ def metropolis_weights(graph: Graph) -> jax.Array:
     """Weight W_ij = 1/(1 + max(d_i, d_j)) of every directed edge (senders[e] = i,
     receivers[e] = j)."""
     deg = graph.degree
-    return 1.0 / (1.0 + jnp.maximum(deg[graph.senders], deg[graph.receivers]).astype(jnp.float32))
+    dtype = jnp.result_type(float)  # float64 under jax_enable_x64, else float32
+    return 1.0 / (1.0 + jnp.maximum(deg[graph.senders], deg[graph.receivers]).astype(dtype))
 
 
 def _mix_leaf(graph: Graph, w, v):

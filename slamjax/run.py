@@ -31,7 +31,7 @@ from jax import lax
 from slamjax.algorithm import COUNTERS, Algorithm, evaluate, merge_static, split_static
 
 __all__ = ["RunResult", "run", "solve", "iterate", "drive", "progress_bar",
-           "DivergenceWarning", "grid_points"]
+           "DivergenceWarning", "grid_points", "compiled_programs"]
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -214,6 +214,30 @@ def _chunk_impl(dyn, params, data, carry, key, *, static, log_every, nlogs, batc
 
 _chunk = jax.jit(_chunk_impl, static_argnames=("static", "log_every", "nlogs", "batch"))
 
+#: compiled chunk programs, keyed on the static arguments and the abstract signature of the
+#: traced ones (shape, dtype, weak type, sharding): a new run with other numbers — other
+#: hyperparameters, data values, seeds — reuses the program; compile time is measured apart
+_COMPILED: dict = {}
+
+
+def _signature(args):
+    leaves, treedef = jax.tree.flatten(args)
+    return treedef, tuple((jnp.shape(a), str(jnp.result_type(a)), getattr(a, "weak_type", False),
+                           getattr(a, "sharding", None)) for a in leaves)
+
+
+def _compiled(fn, args, statics):
+    key = (fn, tuple(sorted(statics.items())), _signature(args))
+    if key not in _COMPILED:
+        _COMPILED[key] = fn.lower(*args, **statics).compile()
+    return _COMPILED[key]
+
+
+def compiled_programs() -> int:
+    """How many chunk programs :func:`run` has compiled in this process (a run with new
+    numbers but the same shapes and static configuration adds none)."""
+    return len(_COMPILED)
+
 
 def _eval_impl(dyn, data, state, *, static, batch):
     alg = merge_static(dyn, static)
@@ -325,7 +349,8 @@ def run(algorithm: Algorithm, params, data, x0, y0, *, num_steps: int = 1000,
     if not hasattr(params, "_fields"):
         raise TypeError(f"params must be the algorithm's NamedTuple of hyperparameters (e.g. "
                         f"slamjax.SLAMParams), got {type(params).__name__}")
-    params = type(params)(*(jnp.asarray(p) for p in params))
+    # strong-typed arrays: a Python float and a float32 array give the same program
+    params = type(params)(*(jnp.asarray(np.asarray(p)) for p in params))
     points = grid_points(params, grid)
     seed_list = None if seeds is None else [int(s) for s in seeds]
     if seed_list is not None and not seed_list:
@@ -371,13 +396,9 @@ def run(algorithm: Algorithm, params, data, x0, y0, *, num_steps: int = 1000,
     kw = dict(static=static, log_every=log_every, batch=batch)
 
     t0 = time.perf_counter()
-    compiled = {}
 
     def get(nlogs):
-        if nlogs not in compiled:
-            compiled[nlogs] = _chunk.lower(dyn, params, data, carry, keys, nlogs=nlogs,
-                                           **kw).compile()
-        return compiled[nlogs]
+        return _compiled(_chunk, (dyn, params, data, carry, keys), dict(nlogs=nlogs, **kw))
 
     get(per_chunk)
     if num_logs % per_chunk:

@@ -243,6 +243,8 @@ def slam(problem: BilevelProblem, comm: Graph, config: SLAMConfig = SLAMConfig()
 
 def _slam_init(static, graph, x0, y0, data=None) -> SLAMState:
     _, config = static.value
+    check_agent_axis("x", x0, graph.n)  # clear errors before any product with the graph
+    check_agent_axis("y", y0, graph.n)
     s = init(x0, y0)
     mx, my = config.masks(x0, y0)
     return s._replace(lap_x=_initial_laplacians(graph, x0, mx),

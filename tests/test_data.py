@@ -16,6 +16,12 @@ from slamjax import data as D
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
+#: IDX file stems per split: (images, labels) — the standard MNIST / Fashion-MNIST names.
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
 # Class counts from shared/data/README.md (digits 0..9).
 MNIST_COUNTS = {
     "train": [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
@@ -42,7 +48,7 @@ def write_split(directory: pathlib.Path, split: str = "test", n: int = 12, seed:
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=n, dtype=np.uint8)
     directory.mkdir(parents=True, exist_ok=True)
-    for stem, arr in zip(D._SPLIT_FILES[split], (images, labels)):
+    for stem, arr in zip(SPLIT_FILES[split], (images, labels)):
         blob = idx_bytes(arr)
         if gz:
             (directory / (stem + ".gz")).write_bytes(gzip.compress(blob))
@@ -51,12 +57,21 @@ def write_split(directory: pathlib.Path, split: str = "test", n: int = 12, seed:
     return images, labels
 
 
+def fake_repo(tmp):
+    return tmp / "world" / "repo"
+
+
+def fake_debian(tmp):
+    return tmp / "world" / "usr-share-datasets" / "fashion-mnist"
+
+
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
-    """No SLAMJAX_DATA, a fake empty repo root and no Debian folder."""
+    """No SLAMJAX_DATA, a fake empty repo root and no Debian folder (the module's look-up
+    roots are patched: there is no public setting for them)."""
     monkeypatch.delenv(D.ENV_VAR, raising=False)
-    monkeypatch.setattr(D, "_REPO_ROOT", tmp_path / "world" / "repo")
-    monkeypatch.setattr(D, "_DEBIAN_FASHION", tmp_path / "world" / "usr-share-datasets" / "fashion-mnist")
+    monkeypatch.setattr(D, "_REPO_ROOT", fake_repo(tmp_path))
+    monkeypatch.setattr(D, "_DEBIAN_FASHION", fake_debian(tmp_path))
     return tmp_path
 
 
@@ -122,8 +137,9 @@ def test_explicit_path_beats_env_and_is_exclusive(isolated, monkeypatch):
 
 
 def test_repo_data_folder(isolated):
-    _, lbls = write_split(D._REPO_ROOT / "data" / "mnist", split="train", seed=7)
-    assert D.find_data_dir("mnist", split="train") == D._REPO_ROOT / "data" / "mnist"
+    repo = fake_repo(isolated)
+    _, lbls = write_split(repo / "data" / "mnist", split="train", seed=7)
+    assert D.find_data_dir("mnist", split="train") == repo / "data" / "mnist"
     _, y = D.load_mnist("train", verify=False)
     np.testing.assert_array_equal(y, lbls)
 
@@ -138,14 +154,15 @@ def test_missing_file_message_names_file_and_places(isolated, monkeypatch):
     msg = str(info.value)
     assert isinstance(info.value, D.DataNotFoundError)
     assert "t10k-labels-idx1-ubyte" in msg
-    for place in (env, env / "mnist", D._REPO_ROOT / "data" / "mnist", D._REPO_ROOT.parent / "shared" / "data" / "mnist"):
+    repo = fake_repo(isolated)
+    for place in (env, env / "mnist", repo / "data" / "mnist", repo.parent / "shared" / "data" / "mnist"):
         assert str(place) in msg
     assert "LeCun" in msg and "SLAMJAX_DATA" in msg
 
     with pytest.raises(D.DataNotFoundError) as info:
         D.find_data_dir("fashion_mnist")
     msg = str(info.value)
-    assert "train-images-idx3-ubyte" in msg and str(D._DEBIAN_FASHION) in msg
+    assert "train-images-idx3-ubyte" in msg and str(fake_debian(isolated)) in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "zalandoresearch/fashion-mnist" in msg
 
 
@@ -161,7 +178,7 @@ def test_bad_arguments(isolated):
 
 def test_expected_md5_for_custom_files(tmp_path):
     write_split(tmp_path, gz=True)
-    stems = D._SPLIT_FILES["test"]
+    stems = SPLIT_FILES["test"]
     good = {s: hashlib.md5((tmp_path / (s + ".gz")).read_bytes()).hexdigest() for s in stems}
     D.load_mnist("test", path=tmp_path, expected_md5=good)
     # The md5 of the decompressed IDX content is accepted as well.
@@ -181,7 +198,7 @@ def mnist_test_copy(tmp_path):
         pytest.skip(f"shared MNIST not found at {SHARED_MNIST}")
     d = tmp_path / "copy"
     d.mkdir()
-    for stem in D._SPLIT_FILES["test"]:
+    for stem in SPLIT_FILES["test"]:
         shutil.copyfile(SHARED_MNIST / (stem + ".gz"), d / (stem + ".gz"))
     return d
 

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import jax
 import jax.numpy as jnp
 from slamjax import graphs
 from slamjax.metrics import consensus_error
@@ -116,3 +117,92 @@ def test_property_matvec_matches_dense(kind, n, d, seed):
     _check_matvec(g, d, seed)
     # row sums of L vanish: L 1 = 0
     np.testing.assert_allclose(graphs.laplacian_matvec(g, jnp.ones((g.n, 1))), 0.0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# the communication methods of Graph: mix, disagreement, messages (float64, tol 1e-12)
+# ----------------------------------------------------------------------------------------
+COMM_GRAPHS = {
+    "ring": lambda: graphs.ring(7),                                   # stencil
+    "torus": lambda: graphs.torus(3, 4),                              # stencil
+    "complete": lambda: graphs.complete(6),                           # O(n) complete
+    "erdos_renyi": lambda: graphs.erdos_renyi(20, seed=3),            # sparse segment_sum
+    "star": lambda: graphs.star(6),                                   # sparse, irregular
+    "dense": lambda: graphs.with_mixing(graphs.erdos_renyi(12, seed=0), "dense"),
+    "dense_ring": lambda: graphs.with_mixing(graphs.ring(7), "dense"),
+}
+
+
+def _rand(g, shape=(3,), seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((g.n,) + shape),
+                       jnp.float64)
+
+
+@pytest.mark.parametrize("name", list(COMM_GRAPHS))
+def test_mix_equals_dense_metropolis_matrix(x64, name):
+    g = COMM_GRAPHS[name]()
+    v = _rand(g)
+    assert v.dtype == jnp.float64
+    W = graphs.mixing_matrix(g)
+    np.testing.assert_allclose(W.sum(axis=0), 1.0, atol=1e-12)  # doubly stochastic
+    np.testing.assert_allclose(W.sum(axis=1), 1.0, atol=1e-12)
+    out = g.mix(v)
+    assert out.dtype == jnp.float64 and out.shape == v.shape
+    np.testing.assert_allclose(np.asarray(out), W @ np.asarray(v), rtol=0, atol=1e-12)
+    # doubly stochastic: the agent mean is preserved
+    np.testing.assert_allclose(np.mean(np.asarray(out), 0), np.mean(np.asarray(v), 0),
+                               rtol=0, atol=1e-12)
+    # steps=3 is three applications (and three powers of W)
+    three = g.mix(g.mix(g.mix(v)))
+    np.testing.assert_allclose(np.asarray(g.mix(v, 3)), np.asarray(three), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(g.mix(v, 3)),
+                               np.linalg.matrix_power(W, 3) @ np.asarray(v), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(g.mix(v, 0)), np.asarray(v))
+    # the mixing actually moves a non-consensus vector (a test that cannot fail is a defect)
+    assert np.abs(np.asarray(out) - np.asarray(v)).max() > 1e-2
+
+
+@pytest.mark.parametrize("name", list(COMM_GRAPHS))
+def test_mix_pytree_and_jit(x64, name):
+    g = COMM_GRAPHS[name]()
+    tree = {"a": _rand(g, (2, 3), seed=1), "b": _rand(g, (), seed=2)}
+    W = graphs.mixing_matrix(g)
+    out = jax.jit(lambda gr, t: gr.mix(t, 2))(g, tree)  # the graph is a jit argument
+    W2 = W @ W
+    np.testing.assert_allclose(np.asarray(out["a"]),
+                               np.einsum("ij,j...->i...", W2, np.asarray(tree["a"])),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(out["b"]), W2 @ np.asarray(tree["b"]),
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(COMM_GRAPHS))
+def test_disagreement_is_quadratic_form_of_laplacian(x64, name):
+    g = COMM_GRAPHS[name]()
+    L = graphs.laplacian_dense(g)
+    v = _rand(g, (2, 3))
+    vn = np.asarray(v).reshape(g.n, -1)
+    expected = float(np.sum(vn * (L @ vn)))  # ⟨v, L v⟩
+    got = float(g.disagreement(v))
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert got >= 0.0
+    # a pytree sums over its leaves
+    w = _rand(g, (), seed=5)
+    both = float(g.disagreement({"v": v, "w": w}))
+    wn = np.asarray(w)
+    assert both == pytest.approx(expected + float(wn @ L @ wn), rel=1e-12)
+    # consensus: zero (never negative, also through round-off)
+    c = jnp.broadcast_to(jnp.asarray([0.3, -1.7, 2.9], jnp.float64), (g.n, 3))
+    assert 0.0 <= float(g.disagreement(c)) <= 1e-20
+    assert float(g.disagreement(c + 1e-9 * _rand(g))) >= 0.0
+
+
+@pytest.mark.parametrize("name", list(COMM_GRAPHS))
+def test_messages_count(name):
+    g = COMM_GRAPHS[name]()
+    tree = {"a": jnp.ones((g.n, 2, 3)), "b": jnp.ones((g.n,)), "c": jnp.ones((g.n, 4))}
+    m = g.messages(tree)
+    assert isinstance(m, int)
+    assert m == 2 * g.num_edges * (6 + 1 + 4)
+    assert g.messages(jnp.ones((g.n, 5))) == 2 * g.num_edges * 5
+    assert 2 * g.num_edges == len(np.asarray(g.senders))  # both directions of every edge

@@ -30,8 +30,8 @@ def _run(setup, **kw):
     args = dict(graph=g, params=sj.SLAMParams.create(20.0, 20.0, 1.0, 1.0), data=data, x0=x0,
                 y0=y0)
     args.update(kw)
-    return sj.run(problem, args["graph"], args["params"], args["data"], args["x0"], args["y0"],
-                  num_steps=20, log_every=10, progress=False)
+    return sj.run(sj.slam(problem, args["graph"]), args["params"], args["data"], args["x0"],
+                  args["y0"], num_steps=20, log_every=10, progress=False)
 
 
 def test_agent_count_mismatch(setup):
@@ -100,11 +100,11 @@ def test_stability_warning_states_bound_and_safe_value(setup):
 def test_run_arguments(setup):
     g, problem, data, x0, y0 = setup
     with pytest.raises(ValueError, match="divide"):
-        sj.run(problem, g, sj.SLAMParams.create(20.0, 20.0, 1.0), data, x0, y0, num_steps=25,
-               log_every=10, progress=False)
+        sj.run(sj.slam(problem, g), sj.SLAMParams.create(20.0, 20.0, 1.0), data, x0, y0,
+               num_steps=25, log_every=10, progress=False)
     with pytest.raises(TypeError, match="SLAMParams"):
-        sj.run(problem, g, (20.0, 20.0, 1.0, 1.0), data, x0, y0, num_steps=20, log_every=10,
-               progress=False)
+        sj.run(sj.slam(problem, g), (20.0, 20.0, 1.0, 1.0), data, x0, y0, num_steps=20,
+               log_every=10, progress=False)
 
 
 def test_quadratic_generator_rejects_bad_sizes():

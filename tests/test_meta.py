@@ -1,13 +1,16 @@
 """Decentralized meta-learning (ANIL on MNIST, SLAM-U): learning, bad input, hypergradient.
 
 Fast (CI): a few hundred MNIST images, tiny horizons; the dense hypergradient check runs in
-float64 on synthetic images.
+float64 on synthetic images. Only the public library API: SLAM-U through ``slamjax.run``
+(seeds × grid lanes, one start per seed, early-stop callback), the decentralized-SGD
+reference through ``slamjax.baselines.dsgd``, the Table-2 analysis through
+``slamjax.problems.meta_anil``.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
+import math
 import pathlib
 import warnings
 
@@ -18,6 +21,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import slamjax as sj
+from slamjax.baselines import DSGDParams, dsgd
 from slamjax.data import CorruptDataError, DataNotFoundError
 from slamjax.problem import ProblemData
 from slamjax.problems import meta_anil as MA
@@ -43,12 +47,10 @@ def mnist_small():
     return tr_x[:600], tr_y[:600], te_x[:500], te_y[:500]
 
 
-def _load_experiment():
-    spec = importlib.util.spec_from_file_location(
-        "meta_learning_experiment", REPO_ROOT / "experiments" / "meta_learning.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _stacked_starts(n, seeds):
+    """x0, y0 with a leading seed axis (one flax initialisation per seed: batched_init)."""
+    inits = [MA.init_params(n, s) for s in seeds]
+    return tuple(jax.tree.map(lambda *a: jnp.stack(a), *[i[k] for i in inits]) for k in (0, 1))
 
 
 # ----------------------------------------------------------------------------------------
@@ -64,9 +66,9 @@ def test_tiny_run_learns_and_reaches_consensus(mnist_small):
                       *[jax.tree.map(lambda v: v[0], MA.init_params(1, s)[0]) for s in range(n)])
     graph = sj.graphs.erdos_renyi(n, seed=0)
     params = sj.SLAMParams.create(100.0, 10.0, 10.0, 1.0)
-    res = sj.run(problem, graph, params, data, x0, y0,
-                 config=sj.SLAMConfig("slam_u", solver=sj.Neumann(10, 1 / 160)),
-                 num_steps=240, log_every=40, seeds=[0, 1], progress=False)
+    alg = sj.slam(problem, graph, sj.SLAMConfig("slam_u", solver=sj.Neumann(10, 1 / 160)))
+    res = sj.run(alg, params, data, x0, y0, num_steps=240, log_every=40, seeds=[0, 1],
+                 progress=False)
     acc, cons = res.history["test_acc"], res.history["consensus_x"]
     assert acc.shape == (2, 7)
     assert np.all(acc[:, 0] < 0.25)                      # chance level at the start
@@ -204,31 +206,137 @@ def test_bad_arguments(kwargs, match):
         MA.make_meta_anil(arrays=_synthetic(), **kwargs)
 
 
-def test_experiment_reports_bad_input_before_compiling(tmp_path, monkeypatch, capsys):
-    exp = _load_experiment()
-
+def test_bad_input_reported_before_loading_or_compiling(tmp_path, monkeypatch):
+    # what the experiment reports (exit code 2) comes from the library, before any run
     def boom(*a, **k):  # pragma: no cover - must not be reached
         raise AssertionError("a run was started despite bad input")
 
-    monkeypatch.setattr(exp, "run_slam", boom)
-    monkeypatch.setattr(exp, "run_dsgd", boom)
-    assert exp.main(["--quick", "--data", str(tmp_path / "missing"), "--out",
-                     str(tmp_path)]) == 2
-    assert "mnist data not found" in capsys.readouterr().err
-    monkeypatch.setattr(exp.MA, "load_mnist_splits", lambda *a, **k: _synthetic(400, 2000))
-    assert exp.main(["--quick", "--ns", "2,4", "--per-agent", "150", "--out",
-                     str(tmp_path)]) == 2
-    assert "training set has only 400" in capsys.readouterr().err
-    assert exp.main(["--quick", "--ns", "2", "--batch", "300", "--out", str(tmp_path)]) == 2
-    assert "larger than an agent's share" in capsys.readouterr().err
-    assert not list(tmp_path.glob("*.json"))
+    monkeypatch.setattr(sj, "run", boom)
+    with pytest.raises(DataNotFoundError, match="mnist data not found"):
+        MA.load_mnist_splits(tmp_path / "missing")
+    arrays = _synthetic(400, 2000)
+    with pytest.raises(ValueError, match="training set has only 400"):
+        for n in (2, 4):  # the experiment builds every n before running any
+            MA.make_meta_anil(n, per_agent=150, batch=32, arrays=arrays, test_size=2000)
+    with pytest.raises(ValueError, match="larger than an agent's share"):
+        MA.make_meta_anil(2, per_agent=128, batch=300, arrays=arrays, test_size=2000)
+    assert not list(tmp_path.iterdir())
 
 
 def test_crossing_and_slope_helpers():
-    exp = _load_experiment()
     steps = np.array([0, 10, 20, 30])
-    assert exp.first_crossing(steps, [0.1, 0.9, 0.94, 0.95], 0.935) == pytest.approx(18.75)
-    assert np.isnan(exp.first_crossing(steps, [0.1, 0.5, 0.9, 0.93], 0.935))
-    assert exp.loglog_slope([2, 4, 8], [800, 400, 200])[0] == pytest.approx(-1.0)
-    st = exp.crossing_stats(steps, [[0.1, 0.9, 0.94, 0.95], [0.1, 0.95, 0.96, 0.97]], 32)
+    assert MA.first_crossing(steps, [0.1, 0.9, 0.94, 0.95], 0.935) == pytest.approx(18.75)
+    assert np.isnan(MA.first_crossing(steps, [0.1, 0.5, 0.9, 0.93], 0.935))
+    assert MA.loglog_slope([2, 4, 8], [800, 400, 200])[0] == pytest.approx(-1.0)
+    st = MA.crossing_stats(steps, [[0.1, 0.9, 0.94, 0.95], [0.1, 0.95, 0.96, 0.97]], 32)
     assert st["reached"] == 2 and st["mean"] == pytest.approx(32 * (18.75 + 10 * 0.835 / 0.85) / 2, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------------------
+# the experiment's runs through the library: lanes, early stop, the DSGD reference
+# ----------------------------------------------------------------------------------------
+@needs_mnist
+def test_slam_u_grid_seeds_batched_init_and_early_stop(mnist_small):
+    """SLAM-U on ANIL as Table 2 / Fig 9 run it: parameter sets × seeds as lanes of one
+    sj.run, one initialisation per seed, stopped by a callback once every lane crossed a
+    threshold and a margin more steps have run."""
+    n, seeds = 2, [0, 1]
+    problem, data, _, _ = MA.make_meta_anil(n, per_agent=200, batch=16, arrays=mnist_small,
+                                            local_test=0)
+    graph = sj.graphs.erdos_renyi(n, seed=0)
+    x0, y0 = _stacked_starts(n, seeds)
+    assert jax.tree.leaves(x0)[0].shape[:2] == (len(seeds), n)
+    alg = sj.slam(problem, graph, sj.SLAMConfig("slam_u", solver=sj.Neumann(10, 1 / 160)))
+    grid = [dict(alpha=100.0, beta=10.0, rho=10.0, gamma=1.0),
+            dict(alpha=200.0, beta=10.0, rho=10.0, gamma=1.0)]
+    threshold, margin, log_every = 0.5, 0.5, 10
+    seen = []
+
+    def callback(steps, hist):
+        acc = np.asarray(hist["test_acc"]).reshape(-1, len(steps))
+        seen.append(len(steps))
+        crossed = (acc >= threshold).any(axis=1)
+        if not crossed.all():
+            return None
+        last = max(MA.first_crossing(steps, a, threshold) for a in acc)
+        return int(math.ceil(last * (1 + margin)))
+
+    res = sj.run(alg, sj.SLAMParams.create(**grid[0]), data, x0, y0, num_steps=600,
+                 log_every=log_every, seeds=seeds, grid=grid, batched_init=True,
+                 logs_per_chunk=2, progress=False, callback=callback)
+    acc = res.history["test_acc"]
+    L = len(res.steps)
+    assert acc.shape == (len(grid), len(seeds), L) and res.diverged_at is None
+    rows = acc.reshape(-1, L)                             # (param set, seed) order
+    np.testing.assert_array_equal(rows[len(seeds)], acc[1, 0])
+    last = max(MA.first_crossing(res.steps, a, threshold) for a in rows)
+    assert np.isfinite(last)                              # every lane crossed
+    stop = math.ceil(last * (1 + margin))
+    assert stop <= res.num_steps < 600                    # stopped early, after the margin
+    assert res.num_steps < stop + 2 * log_every + log_every  # within one chunk of it
+    assert seen and seen[-1] == L
+    # lanes differ by seed (initialisation and minibatches) and by parameter set
+    assert not np.allclose(acc[0, 0], acc[0, 1]) and not np.allclose(acc[0, 0], acc[1, 0])
+    assert np.all(res.history["consensus_y"][..., -1] > 0)  # heads stay personal (SLAM-U)
+
+
+@needs_mnist
+def test_dsgd_reference_learns_and_gossips(mnist_small):
+    """The decentralized-SGD reference of Table 2 / Fig 9: every parameter gossiped
+    (Metropolis W), steps 1/α (body) and 1/β (head) on the loss g, one start per seed."""
+    n, seeds = 3, [0, 1]
+    problem, data, _, _ = MA.make_meta_anil(n, per_agent=150, batch=16, arrays=mnist_small,
+                                            local_test=0)
+    graph = sj.graphs.erdos_renyi(n, seed=0)
+    x0, y0 = _stacked_starts(n, seeds)
+    # agents start apart so that gossip has something to remove
+    x0 = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape), x0)
+    res = sj.run(dsgd(problem, graph), DSGDParams(1 / 100.0, 1 / 10.0), data, x0, y0,
+                 num_steps=240, log_every=40, seeds=seeds, batched_init=True, progress=False)
+    acc, cons = res.history["test_acc"], res.history["consensus_x"]
+    assert acc.shape == (2, 7) and res.diverged_at is None
+    assert np.all(acc[:, 0] < 0.25) and np.all(acc[:, -1] > 0.6), acc[:, -1]
+    assert np.all(cons[:, -1] < 0.05 * cons[:, 0]), cons
+    # one exchange of x and of y per step, one minibatch per agent and step
+    per_agent = (MA.HIDDEN * (MA.INPUT + 1)) + MA.CLASSES * (MA.HIDDEN + 1)  # 25 120 + 330
+    assert res.history["messages"][0, -1] == pytest.approx(240 * 2 * graph.num_edges * per_agent)
+    assert res.history["minibatches"][0, -1] == pytest.approx(240 * n)
+
+
+def test_dsgd_step_is_metropolis_gossip_plus_sgd(x64):
+    """One DSGD step on ANIL: v ← W v − η ∇g_i(v_i; ξ_i) for the body (η = 1/α) and the
+    head (η = 1/β), W the Metropolis matrix (was I − L/(1 + d_max) in the old experiment; they
+    differ on this graph: a star with a tail), the minibatch ξ_i drawn with agent i's split
+    of the key."""
+    n = 6
+    problem, data, x0, y0 = MA.make_meta_anil(n, per_agent=40, batch=8, arrays=_synthetic(),
+                                              dtype=jnp.float64)
+    graph = sj.graphs.from_edges([(0, 1), (0, 2), (0, 3), (3, 4), (4, 5)], n)
+    kx, ky = jax.random.split(jax.random.key(5))
+    x0 = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(kx, a.shape, a.dtype), x0)
+    y0 = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(ky, a.shape, a.dtype), y0)
+    alg = dsgd(problem, graph)
+    params = DSGDParams(1 / 100.0, 1 / 10.0)
+    key = jax.random.key(3)
+    state, info = jax.jit(alg.step)(key, alg.init(x0, y0, data), params, data)
+
+    W = sj.graphs.mixing_matrix(graph)
+    d_max = float(np.max(np.asarray(graph.degree)))
+    W_old = np.eye(n) - sj.graphs.laplacian_dense(graph) / (1 + d_max)
+    assert not np.allclose(W, W_old)
+    keys = jax.random.split(key, n)
+    gx, gy = [], []
+    for i in range(n):
+        agent = ProblemData(shared=data.shared, agents=jax.tree.map(lambda a: a[i], data.agents))
+        xi, yi = (jax.tree.map(lambda a: a[i], t) for t in (x0, y0))
+        g = jax.grad(problem.g, argnums=(0, 1))(xi, yi, agent, problem.sample(keys[i], agent))
+        gx.append(g[0])
+        gy.append(g[1])
+    stack = lambda ts: jax.tree.map(lambda *a: jnp.stack(a), *ts)  # noqa: E731
+    for new, v, grad, lr in ((state.x, x0, stack(gx), params.lr_x),
+                             (state.y, y0, stack(gy), params.lr_y)):
+        ref = jax.tree.map(lambda a, g: np.einsum("ij,j...->i...", W, np.asarray(a))
+                           - lr * np.asarray(g), v, grad)
+        for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(np.asarray(a), b, rtol=1e-10, atol=1e-12)
+    assert float(info["minibatches"]) == n

@@ -43,10 +43,16 @@ WORKER = textwrap.dedent("""
         key = jax.random.key(0)
         ref = jax.jit(lambda s: sj.scan_steps(problem, cfg, g, params, s, data, key, 40))(
             sj.init(x0, y0))
-        res = sh.solve(problem, g, params, data, x0, y0, key, 40, cfg, mesh=mesh)
-        rel = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-                  for a, b in zip(jax.tree.leaves(res), jax.tree.leaves(ref)) if jnp.ndim(b))
         pg = sh.partition_graph(g, mesh)
+        res = sh.solve(sj.slam(problem, pg, cfg), params, data, x0, y0, key, 40, mesh=mesh)
+        # the iterates and duals (the state's lap_x/lap_y cache holds L·x, L·y: a difference
+        # of nearly equal numbers whose float32 round-off is relatively larger even between
+        # two single-device paths; the Laplacian product itself is checked by lap_rel)
+        fields = ("x", "y", "u_x", "u_y")
+        rel = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+                  for f in fields
+                  for a, b in zip(jax.tree.leaves(getattr(res, f)),
+                                  jax.tree.leaves(getattr(ref, f))) if jnp.ndim(b))
         v = jnp.asarray(np.random.default_rng(0).standard_normal((n, 5)), jnp.float32)
         lv = jax.jit(sj.laplacian_matvec)(pg, sh.shard_agents(v, mesh))
         lrel = float(jnp.max(jnp.abs(lv - sj.laplacian_matvec(g, v))) /
@@ -57,11 +63,10 @@ WORKER = textwrap.dedent("""
             continue
         # the host runner accepts the partitioned graph and sharded inputs unchanged
         d_sh = sh.shard_problem_inputs(mesh, data=data)
-        r = sj.run(problem, pg, params, d_sh, sh.shard_agents(x0, mesh),
-                   sh.shard_agents(y0, mesh), config=cfg, num_steps=20, log_every=10,
-                   progress=False)
-        r1 = sj.run(problem, g, params, data, x0, y0, config=cfg, num_steps=20, log_every=10,
-                    progress=False)
+        r = sj.run(sj.slam(problem, pg, cfg), params, d_sh, sh.shard_agents(x0, mesh),
+                   sh.shard_agents(y0, mesh), num_steps=20, log_every=10, progress=False)
+        r1 = sj.run(sj.slam(problem, g, cfg), params, data, x0, y0, num_steps=20,
+                    log_every=10, progress=False)
         hist = max(abs(r.history[k][-1] - r1.history[k][-1]) / (abs(r1.history[k][-1]) + 1e-12)
                    for k in r1.history)
         out[name]["hist_rel"] = float(hist)
@@ -105,8 +110,8 @@ def test_single_device_mesh_is_identity():
     problem, data, x0, y0 = make_quadratic(32, 3, 3, 1, seed=0)
     params = sj.SLAMParams.create(20.0, 20.0, 0.5, 1.0)
     key = jax.random.key(1)
-    a = sh.solve(problem, g, params, data, x0, y0, key, 15, mesh=mesh)
-    b = sj.solve(problem, g, params, data, x0, y0, key, 15)
+    a = sh.solve(sj.slam(problem, pg), params, data, x0, y0, key, 15, mesh=mesh)
+    b = sj.solve(sj.slam(problem, g), params, data, x0, y0, key, 15)
     for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(u, w, rtol=1e-5, atol=1e-6)
 

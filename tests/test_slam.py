@@ -19,8 +19,8 @@ from slamjax.problems.quadratic import (fixed_point, make_quadratic, theorem1_me
                                         ul_gradient)
 
 VARIANTS = ["slam", "slam_l", "slam_u"]
-_solve = jax.jit(sj.solve, static_argnames=("problem", "num_steps", "config",
-                                            "checkpoint_every"))
+# the algorithm is a pytree (graph arrays traced, problem/config static): pass it to jit as is
+_solve = jax.jit(sj.solve, static_argnames=("num_steps", "checkpoint_every", "check"))
 _step = jax.jit(sj.step, static_argnums=(0, 1))
 
 
@@ -112,18 +112,18 @@ def _converge(variant, homogeneous, steps=3000, solver=sj.CG(maxiter=6), n=8, se
                                            homogeneous=homogeneous, dtype=jnp.float64)
     params = sj.SLAMParams.create(10.0, 10.0, 1.0, 1.0)
     cfg = sj.SLAMConfig(variant=variant, solver=solver)
-    state = _solve(problem, g, params, data, x0, y0, jax.random.key(0), num_steps=steps,
-                   config=cfg)
-    return g, problem, data, cfg, state
+    alg = sj.slam(problem, g, cfg)
+    state = _solve(alg, params, data, x0, y0, jax.random.key(0), num_steps=steps)
+    return g, problem, data, alg, state
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_converges_to_closed_form_fixed_point(x64, variant):
-    g, problem, data, cfg, state = _converge(variant, homogeneous=True)
+    g, problem, data, alg, state = _converge(variant, homogeneous=True)
     cx, cy = sj.VARIANTS[variant]
     x_star = fixed_point(data, True, cx, cy)
     np.testing.assert_allclose(state.x, x_star, atol=1e-7)
-    m = sj.evaluate(problem, cfg, g, state, data)
+    m = sj.evaluate(alg, state, data)
     assert m["grad_F_sq"] < 1e-8 and m["ll_error"] < 1e-8
     if cx:
         assert m["consensus_x"] < 1e-8
@@ -139,7 +139,7 @@ def test_converges_to_closed_form_fixed_point(x64, variant):
 
 
 def test_slam_u_is_unbiased_with_heterogeneous_hessians(x64):
-    g, problem, data, cfg, state = _converge("slam_u", homogeneous=False)
+    g, problem, data, alg, state = _converge("slam_u", homogeneous=False)
     xbar = jnp.mean(state.x, 0)
     assert np.linalg.norm(ul_gradient(xbar, data, False, False)) < 1e-6
 
@@ -147,7 +147,7 @@ def test_slam_u_is_unbiased_with_heterogeneous_hessians(x64):
 def test_slam_bias_with_heterogeneous_hessians_is_the_surrogate_fixed_point(x64):
     """With agent-specific ∇²g, SLAM converges to the fixed point of the surrogate (23), which
     differs from the true optimum (DESIGN.md §1): both facts are checked."""
-    g, problem, data, cfg, state = _converge("slam", homogeneous=False)
+    g, problem, data, alg, state = _converge("slam", homogeneous=False)
     np.testing.assert_allclose(state.x, fixed_point(data, False, True, True), atol=1e-7)
     assert np.linalg.norm(ul_gradient(jnp.mean(state.x, 0), data, False, True)) > 1e-3
 
@@ -155,7 +155,7 @@ def test_slam_bias_with_heterogeneous_hessians_is_the_surrogate_fixed_point(x64)
 @pytest.mark.parametrize("solver", [sj.Neumann(K=80, eta=0.2), sj.Exact()],
                          ids=["neumann", "exact"])
 def test_other_solvers_converge(x64, solver):
-    g, problem, data, cfg, state = _converge("slam", True, solver=solver)
+    g, problem, data, alg, state = _converge("slam", True, solver=solver)
     np.testing.assert_allclose(state.x, fixed_point(data, True, True, True), atol=1e-7)
 
 
@@ -175,8 +175,8 @@ def test_per_leaf_consensus_mask(x64):
                                 g=lambda x, y, d, b: base.g(merge(x), y, d, b))
     cfg = sj.SLAMConfig(variant="slam", consensus_x=(True, False))
     params = sj.SLAMParams.create(10.0, 10.0, 1.0, 1.0)
-    state = _solve(problem, g, params, data, to_tree(x0), y0, jax.random.key(0),
-                   num_steps=2000, config=cfg)
+    state = _solve(sj.slam(problem, g, cfg), params, data, to_tree(x0), y0, jax.random.key(0),
+                   num_steps=2000)
     shared, private = state.x
     assert sj.consensus_error(g, shared) < 1e-10
     assert sj.consensus_error(g, private) > 1e-3
@@ -193,11 +193,12 @@ def test_same_seed_same_numbers_and_seed_matters():
     g = graphs.erdos_renyi(n, seed=0)
     problem, data, x0, y0 = make_quadratic(n, 4, 4, seed=0, noise=0.5)
     params = sj.SLAMParams.create(20.0, 20.0, 1.0, 1.0)
-    a = sj.run(problem, g, params, data, x0, y0, num_steps=200, log_every=20, seed=3,
+    alg = sj.slam(problem, g)
+    a = sj.run(alg, params, data, x0, y0, num_steps=200, log_every=20, seed=3,
                progress=False)
-    b = sj.run(problem, g, params, data, x0, y0, num_steps=200, log_every=20, seed=3,
+    b = sj.run(alg, params, data, x0, y0, num_steps=200, log_every=20, seed=3,
                progress=False, logs_per_chunk=1)  # different chunking, same numbers
-    c = sj.run(problem, g, params, data, x0, y0, num_steps=200, log_every=20, seed=4,
+    c = sj.run(alg, params, data, x0, y0, num_steps=200, log_every=20, seed=4,
                progress=False)
     np.testing.assert_array_equal(a.state.x, b.state.x)
     for k in a.history:
@@ -211,11 +212,12 @@ def test_vmapped_seeds_equal_single_runs():
     g = graphs.ring(n)
     problem, data, x0, y0 = make_quadratic(n, 3, 3, seed=0, noise=0.3)
     params = sj.SLAMParams.create(20.0, 20.0, 1.0, 1.0)
-    batch = sj.run(problem, g, params, data, x0, y0, num_steps=100, log_every=50,
+    alg = sj.slam(problem, g)
+    batch = sj.run(alg, params, data, x0, y0, num_steps=100, log_every=50,
                    seeds=[5, 6], progress=False)
     assert batch.history["grad_F_sq"].shape == (2, 3)
     for j, s in enumerate([5, 6]):
-        one = sj.run(problem, g, params, data, x0, y0, num_steps=100, log_every=50, seed=s,
+        one = sj.run(alg, params, data, x0, y0, num_steps=100, log_every=50, seed=s,
                      progress=False)
         np.testing.assert_allclose(batch.state.x[j], one.state.x, rtol=1e-5, atol=1e-6)
 
@@ -238,15 +240,25 @@ def test_changing_numbers_does_not_retrace():
                           shared={**data.shared, "sigma": jnp.asarray(0.5, jnp.float32)})
     stepper(sj.SLAMParams.create(10.0, 10.0, 1.0, 1.0), state, data2, jax.random.key(2))
 
-    # the runner's compiled chunk is reused across hyperparameters and data as well
-    from slamjax.run import _chunk
+    # the runner's compiled chunk is reused across hyperparameters and data as well. The
+    # runner compiles ahead of time (``lower().compile()``), which bypasses the jit dispatch
+    # cache, so ``_chunk._cache_size()`` no longer counts its programs: count the traces of
+    # the algorithm's step instead (an Algorithm with a plain-function step, public API).
+    alg = sj.slam(problem, g, cfg)
+    traces = []
 
-    sj.run(problem, g, sj.SLAMParams.create(20.0, 20.0, 1.0, 1.0), data, x0, y0,
+    def counted_step(key, state, params, data):
+        traces.append(1)
+        return alg.step(key, state, params, data)
+
+    counted = sj.Algorithm(alg.init, counted_step, alg.metrics, alg.check)
+    sj.run(counted, sj.SLAMParams.create(20.0, 20.0, 1.0, 1.0), data, x0, y0,
            num_steps=40, log_every=20, progress=False)
-    size = _chunk._cache_size()
-    sj.run(problem, g, sj.SLAMParams.create(25.0, 21.0, 0.5, 2.0), data2, x0, y0,
+    size = len(traces)
+    assert size >= 1
+    sj.run(counted, sj.SLAMParams.create(25.0, 21.0, 0.5, 2.0), data2, x0, y0,
            num_steps=40, log_every=20, progress=False)
-    assert _chunk._cache_size() == size
+    assert len(traces) == size
 
 
 # ----------------------------------------------------------------------------------------
@@ -272,13 +284,14 @@ def test_stability_bound_predicts_divergence(x64, g, beta, rho_ok, rho_bad):
     problem, x0, y0 = _pure_consensus(g)
     data = sj.ProblemData()
     cfg = sj.SLAMConfig(variant="slam_l", solver=sj.CG(2))  # LL consensus only
-    ok = sj.run(problem, g, sj.SLAMParams.create(10.0, beta, rho_ok, 1.0), data, x0, y0,
-                config=cfg, num_steps=4000, log_every=100, progress=False)
+    alg = sj.slam(problem, g, cfg)
+    ok = sj.run(alg, sj.SLAMParams.create(10.0, beta, rho_ok, 1.0), data, x0, y0,
+                num_steps=4000, log_every=100, progress=False)
     assert ok.diverged_at is None and ok.final()["consensus_y"] < 1e-6
     with pytest.warns(sj.StabilityWarning, match=r"rho <"):
-        with pytest.warns(sj.run.__globals__["DivergenceWarning"], match="non-finite"):
-            bad = sj.run(problem, g, sj.SLAMParams.create(10.0, beta, rho_bad, 1.0), data,
-                         x0, y0, config=cfg, num_steps=4000, log_every=100, progress=False)
+        with pytest.warns(sj.DivergenceWarning, match="non-finite"):
+            bad = sj.run(alg, sj.SLAMParams.create(10.0, beta, rho_bad, 1.0), data,
+                         x0, y0, num_steps=4000, log_every=100, progress=False)
     assert bad.diverged_at is not None
     assert np.isfinite(np.asarray(bad.state.y)).all()  # the last finite state is kept
     assert len(bad.steps) == bad.history["consensus_y"].shape[-1]

@@ -1,6 +1,5 @@
-"""Methods that plug into the same core as SLAM.
-
-Bilevel / optimization peers, each an :class:`slamjax.Algorithm` (one file per method):
+"""Methods that plug into the same core as SLAM (each an :class:`slamjax.Algorithm`, one file
+per method, registered in :data:`slamjax.REGISTRY`):
 
 * :mod:`.dsgd` — decentralized SGD on one loss with Metropolis gossip (the meta-learning
   experiment's reference).
@@ -11,7 +10,7 @@ Critic rules of the actor-critic baselines (used by :func:`slamjax.rl.run`):
 * MDAC (Chen et al., ICML 2022): mini-batch (B = 10) critic inner loop with mixing — :mod:`.mdac`.
 * Dec-PPO: PPO actors, DGD critics — :mod:`.dec_ppo`.
 
-Gossip goes through the communication object (:meth:`slamjax.Graph.mix`, Metropolis weights).
+All gossip goes through the communication object (:meth:`slamjax.Graph.mix`, Metropolis).
 """
 
 from slamjax.baselines.dac import dgd_critic_update

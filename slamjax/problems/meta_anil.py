@@ -71,13 +71,16 @@ from slamjax.problem import BilevelProblem, ProblemData
 __all__ = ["HIDDEN", "CLASSES", "INPUT", "L2", "REDUCTIONS", "Body", "Head", "anil_problem",
            "make_meta_anil", "make_data", "init_params", "predict", "features", "head_logits",
            "test_metrics", "check_sizes", "load_mnist_splits", "hvp_yy", "cross_xy",
-           "cross_entropy"]
+           "cross_entropy", "PAPER_THRESHOLD", "first_crossing", "crossing_stats",
+           "loglog_slope"]
 
 HIDDEN = 32
 CLASSES = 10
 INPUT = 784
 L2 = 0.01
 REDUCTIONS = ("sum", "mean")
+#: the paper's target test accuracy (Table 2: samples passed until 93.5 %)
+PAPER_THRESHOLD = 0.935
 
 
 class Body(nn.Module):
@@ -374,3 +377,44 @@ def _init(n, seed, dtype):  # one compiled program instead of dozens of eager op
     rep = lambda t: jax.tree.map(  # noqa: E731
         lambda a: jnp.broadcast_to(a.astype(dtype), (n,) + a.shape), t)
     return rep(x), rep(y)
+
+
+# ----------------------------------------------------------------------------------------
+# analysis of logged accuracies (Table 2: samples to the threshold, speed-up in n)
+# ----------------------------------------------------------------------------------------
+def first_crossing(steps, acc, threshold: float = PAPER_THRESHOLD) -> float:
+    """First iteration at which ``acc`` (logged at ``steps``) reaches ``threshold``, linearly
+    interpolated between logs; NaN if it never does."""
+    acc = np.asarray(acc, float)
+    hit = np.nonzero(acc >= threshold)[0]
+    if len(hit) == 0:
+        return float("nan")
+    j = int(hit[0])
+    if j == 0:
+        return float(steps[0])
+    a0, a1 = acc[j - 1], acc[j]
+    frac = (threshold - a0) / (a1 - a0) if a1 > a0 else 1.0
+    return float(steps[j - 1] + frac * (steps[j] - steps[j - 1]))
+
+
+def crossing_stats(steps, hist_rows, batch: int, threshold: float = PAPER_THRESHOLD) -> dict:
+    """:func:`first_crossing` of every row (one run each) in iterations and in samples passed
+    per agent (× ``batch``): lists, how many reached it, mean and std (ddof 1) over those."""
+    it = np.array([first_crossing(steps, a, threshold) for a in hist_rows])
+    samples = it * batch
+    ok = np.isfinite(samples)
+    return {"iterations": it.tolist(), "samples": samples.tolist(),
+            "reached": int(ok.sum()), "seeds": int(len(ok)),
+            "mean": float(np.mean(samples[ok])) if ok.any() else None,
+            "std": float(np.std(samples[ok], ddof=1)) if ok.sum() > 1 else None}
+
+
+def loglog_slope(ns, values):
+    """Least-squares slope and intercept of log(values) against log(ns) over the finite,
+    positive values (−1 = linear speed-up); NaNs with fewer than two points."""
+    ns, values = np.asarray(ns, float), np.asarray(values, float)
+    ok = np.isfinite(values) & (values > 0)
+    if ok.sum() < 2:
+        return float("nan"), float("nan")
+    slope, icpt = np.polyfit(np.log(ns[ok]), np.log(values[ok]), 1)
+    return float(slope), float(icpt)
