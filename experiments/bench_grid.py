@@ -89,20 +89,26 @@ def main(argv=None) -> int:
     div = np.asarray(batched.diverged_at) if batched.diverged_at is not None else \
         -np.ones(fin.shape, int)
     fin = np.where(div >= 0, np.nan, fin)
-    same = np.allclose(np.nan_to_num(fin, nan=-1), np.nan_to_num(finals, nan=-1), rtol=1e-3,
-                       atol=1e-9)
+    # the same points diverge, and the finite ones agree to float32 round-off (converged
+    # values sit at ~1e-11: absolute floor 1e-7 × the starting value)
+    same_div = bool(np.array_equal(np.isnan(fin), np.isnan(finals)))
+    both = ~np.isnan(fin) & ~np.isnan(finals)
+    max_abs = float(np.max(np.abs(fin[both] - finals[both]))) if both.any() else 0.0
+    start = float(np.asarray(batched.history["grad_F_sq"])[..., 0].max())
+    same = same_div and np.allclose(fin[both], finals[both], rtol=1e-3, atol=1e-7 * start)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(np.where(np.isnan(fin), np.inf, fin), axis=1)
     best = int(np.argmin(mean))
     print(f"speed-up of one program: {t_sep / t_one:.1f}×; lanes agree with the separate runs: "
-          f"{same}; diverged lanes: {int((div >= 0).sum())}/{lanes}; best point "
+          f"{same} (max |Δ| {max_abs:.1e}); diverged lanes: {int((div >= 0).sum())}/{lanes}; best point "
           f"{batched.grid[best]} (mean final ‖∇F‖² {mean[best]:.2e})", flush=True)
 
     payload = {"T": T, "n": n, "graph": repr(graph), "grid": batched.grid, "seeds": seeds,
                "one_program_s": t_one, "one_program_compile_s": batched.compile_time,
                "separate_runs_s": t_sep, "separate_compile_s": compile_s,
                "speedup": t_sep / t_one, "lanes_agree": bool(same),
+               "same_points_diverged": same_div, "max_abs_diff_final_grad_F_sq": max_abs,
                "final_grad_F_sq": fin.tolist(), "separate_final_grad_F_sq": finals.tolist(),
                "diverged_at": div.tolist(), "best": batched.grid[best],
                "machine": machine_info(extra_packages=())}

@@ -47,7 +47,7 @@ scan = jax.jit(sj.scan_steps, static_argnums=(0, 1, 7))
 def run_scan(T):
     return jax.block_until_ready(scan(problem, cfg, g, params, sj.init(x0, y0), data, key, T).x)
 def run_runner(T):
-    if hasattr(sj, "slam"):
+    if callable(getattr(sj, "slam", None)):
         r = sj.run(sj.slam(problem, g, cfg), params, data, x0, y0, num_steps=T, log_every=T,
                    progress=False)
     else:
