@@ -29,7 +29,7 @@ from jax.flatten_util import ravel_pytree
 from slamjax.problem import BilevelProblem
 
 __all__ = ["CG", "Neumann", "Exact", "SOLVERS", "make_solver", "hypergradient",
-           "lower_grad", "linear_solve", "cg_solve"]
+           "lower_grad", "linear_solve", "cg_solve", "hvp_yy", "cross_xy"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,3 +181,21 @@ def hypergradient(problem: BilevelProblem, x, y, data, batch, solver) -> Any:
         _, vjp = jax.vjp(lambda xx: grad_y_g(xx, y), x)
         (cross,) = vjp(v)
     return jax.tree.map(jnp.subtract, fx, cross)
+
+
+# ----------------------------------------------------------------------------------------
+# second-order oracles for single-loop methods (one agent)
+# ----------------------------------------------------------------------------------------
+def hvp_yy(problem: BilevelProblem, x, y, data, batch, v):
+    """∇²_yy g(x, y) · v (the problem's own product if it has one, else forward-over-reverse)."""
+    if problem.hvp_yy is not None:
+        return problem.hvp_yy(x, y, data, batch, v)
+    return jax.jvp(lambda yy: jax.grad(problem.g, argnums=1)(x, yy, data, batch), (y,), (v,))[1]
+
+
+def cross_xy(problem: BilevelProblem, x, y, data, batch, v):
+    """∇²_xy g(x, y) · v = ∇_x ⟨∇_y g(x, y), v⟩ (the problem's own product, else one VJP)."""
+    if problem.cross_xy is not None:
+        return problem.cross_xy(x, y, data, batch, v)
+    _, vjp = jax.vjp(lambda xx: jax.grad(problem.g, argnums=1)(xx, y, data, batch), x)
+    return vjp(v)[0]

@@ -2,7 +2,13 @@
 per method, registered in :data:`slamjax.REGISTRY`):
 
 * :mod:`.dsgd` — decentralized SGD on one loss with Metropolis gossip (the meta-learning
-  experiment's reference).
+  experiment's reference);
+* :mod:`.dsgd_bilevel` — decentralized SGD with an inner LL loop and eq.-(23) hypergradients
+  (the naive bilevel reference);
+* :mod:`.dsoba` — single-loop D-SOBA (optional moving average);
+* :mod:`.dsoba_gt` — D-SOBA with gradient tracking on all three directions (SPARKLE /
+  MA-DSBO-GT family);
+* :mod:`.bias_free_slam` — SLAM with the auxiliary z in consensus (true hypergradient).
 
 Critic rules of the actor-critic baselines (used by :func:`slamjax.rl.run`):
 
@@ -13,8 +19,15 @@ Critic rules of the actor-critic baselines (used by :func:`slamjax.rl.run`):
 All gossip goes through the communication object (:meth:`slamjax.Graph.mix`, Metropolis).
 """
 
+from slamjax.baselines.bias_free_slam import BiasFreeParams, BiasFreeState, bias_free_slam
 from slamjax.baselines.dac import dgd_critic_update
 from slamjax.baselines.dsgd import DSGDParams, DSGDState, dsgd
+from slamjax.baselines.dsgd_bilevel import DSGDBilevelParams, DSGDBilevelState, dsgd_bilevel
+from slamjax.baselines.dsoba import DSOBAParams, DSOBAState, dsoba
+from slamjax.baselines.dsoba_gt import DSOBAGTParams, DSOBAGTState, dsoba_gt
 from slamjax.baselines.mdac import mdac_critic_update
 
-__all__ = ["DSGDParams", "DSGDState", "dgd_critic_update", "dsgd", "mdac_critic_update"]
+__all__ = ["BiasFreeParams", "BiasFreeState", "DSGDBilevelParams", "DSGDBilevelState",
+           "DSGDParams", "DSGDState", "DSOBAGTParams", "DSOBAGTState", "DSOBAParams",
+           "DSOBAState", "bias_free_slam", "dgd_critic_update", "dsgd", "dsgd_bilevel",
+           "dsoba", "dsoba_gt", "mdac_critic_update"]

@@ -1,0 +1,151 @@
+"""Bias-free SLAM: SLAM whose hypergradient uses the network-summed LL Hessian.
+
+SLAM's eq. (23) solves each agent's *local* system ∇²_yy g_i v = ∇_y f_i. The hypergradient of
+problem (2) is instead the average over agents of ∇_x f_i − ∇²_xy g_i z*, where z* solves
+(Σ_j ∇²_yy g_j) z = Σ_j ∇_y f_j — a consensus problem. Here z gets its own SLAM primal–dual
+recursion (a third "level" with the same penalty ρ and scaling γ and its own step 1/δ)::
+
+    y ← y − (1/β)(∇_y g_i(x, y) + γ u_y + ργ L y),            u_y ← u_y + (ρ/γ) L y⁺
+    z ← z − (1/δ)(∇²_yy g_i(x, y⁺) z − ∇_y f_i(x, y⁺) + γ u_z + ργ L z),  u_z ← u_z + (ρ/γ) L z⁺
+    x ← x − (1/α)(∇_x f_i(x, y⁺) − ∇²_xy g_i(x, y⁺) z⁺ + γ u_x + ργ L x), u_x ← u_x + (ρ/γ) L x⁺
+
+At a fixed point the duals sum to zero, so Σ_i (∇²_yy g_i z − ∇_y f_i) = 0 with z in consensus:
+z = z*, and Σ_i h_f,i = 0 is the true stationarity of problem (2). One HVP and one exchange of
+z more per step than SLAM; z starts at 0 and is warm-started from step to step.
+
+This is our construction (the design notes, §6), not a published method; the order
+y → z (at y⁺) → x (with z⁺) is the one a NumPy reference run checked. Variants: ``"slam"``
+(consensus on x, y, z) and ``"slam_u"`` (no LL consensus: z is then each agent's own local
+solve, which is already unbiased). SLAM-L is refused: with x not in consensus each agent's
+hypergradient involves the other agents' objectives (problem (8)), which z does not carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from slamjax.algorithm import register
+from slamjax.baselines import _oracle as O
+from slamjax.hypergrad import cross_xy, hvp_yy, lower_grad
+from slamjax.metrics import bilevel_metrics
+from slamjax.problem import DATA_AXES, check_agent_axis
+from slamjax.slam import (SLAMConfig, SLAMParams, SLAMState, _initial_laplacians, _primal_dual,
+                          validate)
+
+__all__ = ["BiasFreeParams", "BiasFreeState", "bias_free_slam"]
+
+
+class BiasFreeParams(NamedTuple):
+    """1/α, 1/β, 1/δ: UL, LL and z step sizes; ρ penalty; γ scaling (all traced)."""
+
+    alpha: Any
+    beta: Any
+    delta: Any
+    rho: Any
+    gamma: Any = 1.0
+
+    @classmethod
+    def create(cls, alpha, beta, delta, rho, gamma=1.0, dtype=None):
+        return cls(*(jnp.asarray(v, dtype=dtype) for v in (alpha, beta, delta, rho, gamma)))
+
+
+class BiasFreeState(NamedTuple):
+    x: Any
+    y: Any
+    z: Any
+    u_x: Any
+    u_y: Any
+    u_z: Any
+    step: Any
+    lap_x: Any = None
+    lap_y: Any = None
+    lap_z: Any = None
+
+
+def bias_free_slam(problem, comm, config: SLAMConfig = SLAMConfig()):
+    """Bias-free SLAM over ``comm`` (``config.variant`` ``"slam"`` or ``"slam_u"``; solver
+    and agent blocking are unused); params :class:`BiasFreeParams`."""
+    if not isinstance(config, SLAMConfig):
+        raise TypeError(f"config must be a slamjax.SLAMConfig, got {type(config).__name__}")
+    if config.variant == "slam_l":
+        raise ValueError("bias-free SLAM is defined for variant 'slam' and 'slam_u'; with no UL "
+                         "consensus (SLAM-L, problem (8)) each agent's hypergradient involves "
+                         "the other agents' objectives, which the shared z does not carry")
+    alg = O.build(problem, comm, config, _init, _step, "bias_free_slam")
+    P = jax.tree_util.Partial
+    return alg._replace(metrics=P(_metrics, alg.step.args[0], comm),
+                        check=P(_check, alg.step.args[0], comm))
+
+
+def _init(static, comm, x0, y0, data=None):
+    config = static.value[1]
+    check_agent_axis("x", x0, comm.n)
+    check_agent_axis("y", y0, comm.n)
+    zeros = lambda t: jax.tree.map(jnp.zeros_like, t)  # noqa: E731
+    mx, my = config.masks(x0, y0)
+    z0 = zeros(y0)
+    return BiasFreeState(x0, y0, z0, zeros(x0), zeros(y0), zeros(y0), jnp.zeros((), jnp.int32),
+                         _initial_laplacians(comm, x0, mx), _initial_laplacians(comm, y0, my),
+                         _initial_laplacians(comm, z0, my))
+
+
+def _step(static, comm, key, s: BiasFreeState, p: BiasFreeParams, data):
+    problem, config = static.value
+    n = comm.n
+    mx, my = config.masks(s.x, s.y)
+    kg, kf = jax.random.split(key)
+    bg, bf = O.sample(problem, kg, data, n), O.sample(problem, kf, data, n)
+    vm = lambda fn, *a: jax.vmap(fn, in_axes=(0, 0, 0, DATA_AXES, 0))(*a)  # noqa: E731
+
+    h_g = vm(lambda x, y, _z, d, b: lower_grad(problem, x, y, d, b), s.x, s.y, s.z, data, bg)
+    y, u_y, lap_y = _primal_dual(s.y, h_g, s.u_y, my, comm, 1.0 / p.beta, p.rho, p.gamma,
+                                 s.lap_y)
+
+    def z_dir(x, yy, z, d, b):
+        fy = jax.grad(problem.f, argnums=1)(x, yy, d, b)
+        return jax.tree.map(jnp.subtract, hvp_yy(problem, x, yy, d, b, z), fy)
+
+    h_z = vm(z_dir, s.x, y, s.z, data, bf)
+    z, u_z, lap_z = _primal_dual(s.z, h_z, s.u_z, my, comm, 1.0 / p.delta, p.rho, p.gamma,
+                                 s.lap_z)
+
+    def x_dir(x, yy, zz, d, b):
+        fx = jax.grad(problem.f, argnums=0)(x, yy, d, b)
+        return jax.tree.map(jnp.subtract, fx, cross_xy(problem, x, yy, d, b, zz))
+
+    h_f = vm(x_dir, s.x, y, z, data, bf)
+    x, u_x, lap_x = _primal_dual(s.x, h_f, s.u_x, mx, comm, 1.0 / p.alpha, p.rho, p.gamma,
+                                 s.lap_x)
+    sent = sum(comm.messages(leaf) for leaf, on in zip(jax.tree.leaves(x), mx) if on) + \
+        2 * sum(comm.messages(leaf) for leaf, on in zip(jax.tree.leaves(y), my) if on)
+    info = {"messages": jnp.asarray(float(sent), jnp.float32),
+            "minibatches": jnp.asarray(0.0 if problem.sample is None else 2.0 * n,
+                                       jnp.float32)}
+    return BiasFreeState(x, y, z, u_x, u_y, u_z, s.step + 1, lap_x, lap_y, lap_z), info
+
+
+def _metrics(static, comm, state, data):
+    problem, config = static.value
+    cx, cy = config.level_consensus(state.x, state.y)
+    return bilevel_metrics(problem, comm, state.x, state.y, data, cx, cy)
+
+
+def _check(static, comm, params, state, data):
+    problem, config = static.value
+    sp = SLAMParams(params.alpha, params.beta, params.rho, params.gamma)
+    ss = SLAMState(state.x, state.y, state.u_x, state.u_y, state.step)
+    validate(problem, config, comm, sp, ss, data)
+    validate(problem, config, comm, SLAMParams(params.alpha, params.delta, params.rho,
+                                               params.gamma), ss, data)
+
+
+for _v in ("slam", "slam_u"):
+    register(f"bias_free_{_v}",
+             (lambda v: lambda problem, comm, **kw: bias_free_slam(
+                 problem, comm, SLAMConfig(v, **kw)))(_v),
+             lambda alpha=25.0, beta=25.0, delta=25.0, rho=0.5, gamma=1.0, dtype=None:
+             BiasFreeParams.create(alpha, beta, delta, rho, gamma, dtype),
+             f"bias-free SLAM ({_v}): z in consensus through its own primal-dual recursion")
