@@ -32,6 +32,7 @@ SCRIPTS = {
 #: ``slamjax reproduce <what>`` -> (script, forwarded arguments)
 REPRODUCE = {
     "table2": ("meta_learning.py", []),
+    "suite": ("bilevel_suite.py", []),
     "fig8": ("meta_learning.py", []),
     "fig9": ("meta_learning.py", ["--fig9"]),
     "fig1": ("navigation.py", ["--figure", "1"]),

@@ -51,6 +51,7 @@ __all__ = [
     "GRAPH_KINDS",
     "MIXING_MODES",
     "complete",
+    "empty",
     "erdos_renyi",
     "from_edges",
     "from_networkx",
@@ -516,6 +517,17 @@ def from_networkx(g, *, mixing: str = "auto") -> Graph:
     g = nx.convert_node_labels_to_integers(g)
     edges = np.array(list(g.edges()), dtype=np.int64).reshape(-1, 2)
     return from_edges(edges, g.number_of_nodes(), kind="networkx", mixing=mixing)
+
+
+def empty(n: int) -> Graph:
+    """n agents and no edges: the *no-communication* control of a comparison (L = 0, W = I,
+    no messages). The only graph that is allowed to be disconnected."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"a graph needs n ≥ 1 agents, got n={n}")
+    z = jnp.zeros((0,), jnp.int32)
+    return Graph(z, z, jnp.zeros((n,), jnp.int32), None, n=n, num_edges=0, kind="empty",
+                 shape=None, lam_max=0.0, mixing="sparse")
 
 
 GRAPH_KINDS = ("erdos_renyi", "ring", "torus", "star", "complete", "path", "small_world")
