@@ -68,7 +68,7 @@ from slamjax.slam import SLAMConfig, SLAMParams
 
 __all__ = ["DIFFERENTIABLE", "NotDifferentiableError", "Inputs", "Reverse", "Checkpointed",
            "Forward", "final_loss_fn", "trajectory_loss_fn", "value_and_grad_run", "grad_run",
-           "check_wrt", "mean_f"]
+           "check_wrt", "mean_f", "compiled_programs"]
 
 #: top-level names accepted by ``wrt`` (plus parameter fields and dotted data paths)
 INPUTS = ("params", "data", "x0", "y0")
@@ -610,3 +610,9 @@ def value_and_grad_run(algorithm: Algorithm, params, data: ProblemData, x0, y0, 
 def grad_run(*args, **kwargs):
     """:func:`value_and_grad_run` without the value."""
     return value_and_grad_run(*args, **kwargs)[1]
+
+
+def compiled_programs() -> int:
+    """How many programs :func:`value_and_grad_run` has compiled in this process (new numbers
+    with the same shapes and static configuration add none)."""
+    return _value_and_grad_jit._cache_size()

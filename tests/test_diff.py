@@ -210,7 +210,7 @@ def _run(adjoint: str, wrt=NAMED):
 def test_value_and_grad_run_named_arguments(x64):
     """The named-argument helper (reverse mode) agrees with jax.grad of the pure function,
     returns gradients shaped like the arguments, and does not recompile for new values."""
-    from slamjax.diff import _value_and_grad_jit
+    from slamjax.diff import compiled_programs
 
     _, _, data, x0, y0 = _setup()
     params = sj.SLAMParams(**PARAMS)  # Python floats: converted to float64 arrays
@@ -228,12 +228,12 @@ def test_value_and_grad_run_named_arguments(x64):
     np.testing.assert_allclose(0.5 * (gH + np.swapaxes(gH, -1, -2)), g_ref["H"], rtol=1e-10)
     np.testing.assert_allclose(g["x0"], g_ref["x0"], rtol=1e-10)
 
-    before = _value_and_grad_jit._cache_size()
+    before = compiled_programs()
     alg = _alg("slam", "cg")  # a new Algorithm object with the same static parts
     for rho in (0.5, 0.7):
         grad_run(alg, params._replace(rho=rho), data, x0, y0, jax.random.key(0), num_steps=50,
                  loss=LOSS("slam"), wrt=NAMED)
-    assert _value_and_grad_jit._cache_size() == before
+    assert compiled_programs() == before
 
 
 def test_static_arguments_raise_clear_error(x64):

@@ -24,10 +24,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from slamjax.algorithm import Algorithm, Static, register
+from slamjax.algorithm import Algorithm, register
+from slamjax.baselines import _oracle as O
 from slamjax.graphs import Graph
-from slamjax.metrics import bilevel_metrics
-from slamjax.problem import DATA_AXES, BilevelProblem, check_agent_axis
+from slamjax.problem import DATA_AXES, BilevelProblem
 
 __all__ = ["DSGDParams", "DSGDState", "dsgd"]
 
@@ -55,12 +55,7 @@ def dsgd(problem: BilevelProblem, comm: Graph, loss: str = "g") -> Algorithm:
     metrics evaluated as if both levels were in consensus."""
     if loss not in ("g", "f"):
         raise ValueError(f"loss must be 'g' or 'f', got {loss!r}")
-    if not isinstance(comm, Graph):
-        raise TypeError(f"comm must be a slamjax.Graph, got {type(comm).__name__}")
-    st = Static((problem, loss))
-    P = jax.tree_util.Partial
-    return Algorithm(init=P(_init, st, comm), step=P(_step, st, comm),
-                     metrics=P(_metrics, st, comm), check=P(_check, st, comm))
+    return O.build(problem, comm, loss, _init, _step, "dsgd")
 
 
 def _init(static, comm, x0, y0, data=None) -> DSGDState:
@@ -71,39 +66,12 @@ def _step(static, comm, key, state: DSGDState, params: DSGDParams, data):
     problem, loss = static.value
     n = comm.n
     fn = problem.g if loss == "g" else problem.f
-    batch = jax.vmap(problem.sample_batch, in_axes=(0, DATA_AXES))(jax.random.split(key, n),
-                                                                   data)
+    batch = O.sample(problem, key, data, n)
     gx, gy = jax.vmap(jax.grad(fn, argnums=(0, 1)), in_axes=(0, 0, DATA_AXES, 0))(
         state.x, state.y, data, batch)
-
-    def update(v, grad, lr):
-        mixed = comm.mix(v)
-        return jax.tree.map(lambda m, g: m - jnp.asarray(lr, g.dtype) * g, mixed, grad)
-
-    x = update(state.x, gx, params.lr_x)
-    y = update(state.y, gy, params.lr_y)
-    info = {"messages": jnp.asarray(float(comm.messages(x) + comm.messages(y)), jnp.float32),
-            "minibatches": jnp.asarray(0.0 if problem.sample is None else float(n),
-                                       jnp.float32)}
-    return DSGDState(x, y, state.step + 1), info
-
-
-def _metrics(static, comm, state, data) -> dict:
-    problem, _ = static.value
-    return bilevel_metrics(problem, comm, state.x, state.y, data, True, True)
-
-
-def _check(static, comm, params, state, data) -> None:
-    check_agent_axis("x", state.x, comm.n)
-    check_agent_axis("y", state.y, comm.n)
-    for name in DSGDParams._fields:
-        v = getattr(params, name)
-        try:
-            v = float(v)
-        except Exception:  # traced or batched: checked by the caller
-            continue
-        if not (v > 0 and v < float("inf")):
-            raise ValueError(f"DSGD step size {name}={v} must be finite and > 0")
+    x = O.axpy(-params.lr_x, gx, comm.mix(state.x))
+    y = O.axpy(-params.lr_y, gy, comm.mix(state.y))
+    return DSGDState(x, y, state.step + 1), O.counts(comm, (state.x, state.y), 1, problem)
 
 
 register("dsgd", lambda problem, comm, **kw: dsgd(problem, comm, **kw),
