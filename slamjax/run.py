@@ -382,11 +382,8 @@ def run(algorithm: Algorithm, params, data, x0, y0, *, num_steps: int = 1000,
     if G is not None:
         keys = jnp.broadcast_to(keys, (G,) + keys.shape) if S is not None else \
             jnp.broadcast_to(keys, (G,))
-    if batched_init:
-        state = jax.tree.map(lambda a: jnp.broadcast_to(a, lead + a.shape[1:]), state0) \
-            if G is None else jax.tree.map(lambda a: jnp.broadcast_to(a, (G,) + a.shape), state0)
-    else:
-        state = jax.tree.map(lambda a: jnp.broadcast_to(a, lead + jnp.shape(a)), state0)
+    skip = 1 if batched_init else 0  # state0 already carries the seed axis
+    state = jax.tree.map(lambda a: jnp.broadcast_to(a, lead + jnp.shape(a)[skip:]), state0)
     carry = (state, jnp.zeros(lead, jnp.int32), jnp.ones(lead, bool), jnp.full(lead, -1,
                                                                               jnp.int32))
 

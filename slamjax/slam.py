@@ -200,6 +200,13 @@ def _initial_laplacians(graph, v, mask):
                  for vi, on in zip(jax.tree.leaves(v), mask))
 
 
+def _with_laplacians(graph, config, state: SLAMState) -> SLAMState:
+    """``state`` with its cache L·x, L·y filled (consensus leaves only)."""
+    mx, my = config.masks(state.x, state.y)
+    return state._replace(lap_x=_initial_laplacians(graph, state.x, mx),
+                          lap_y=_initial_laplacians(graph, state.y, my))
+
+
 def _per_agent(fn, block, n, x, y, data, batch):
     """``vmap(fn)`` over the agent axis (``data.shared`` unbatched), or, with ``block``, the
     same in blocks of ``block`` agents (``lax.map(..., batch_size=block)``)."""
@@ -245,10 +252,7 @@ def _slam_init(static, graph, x0, y0, data=None) -> SLAMState:
     _, config = static.value
     check_agent_axis("x", x0, graph.n)  # clear errors before any product with the graph
     check_agent_axis("y", y0, graph.n)
-    s = init(x0, y0)
-    mx, my = config.masks(x0, y0)
-    return s._replace(lap_x=_initial_laplacians(graph, x0, mx),
-                      lap_y=_initial_laplacians(graph, y0, my))
+    return _with_laplacians(graph, config, init(x0, y0))
 
 
 def _slam_step(static, graph, key, state: SLAMState, params: SLAMParams, data):
@@ -309,9 +313,7 @@ def scan_steps(problem, config, graph, params, state, data, key, num_steps: int,
 
     alg = slam(problem, graph, config)
     if state.lap_x is None or state.lap_y is None:
-        mx, my = config.masks(state.x, state.y)
-        state = state._replace(lap_x=_initial_laplacians(graph, state.x, mx),
-                               lap_y=_initial_laplacians(graph, state.y, my))
+        state = _with_laplacians(graph, config, state)
     return iterate(alg, params, data, state, key, num_steps, checkpoint_every=checkpoint_every,
                    start=state.step)
 

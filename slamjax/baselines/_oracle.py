@@ -75,9 +75,10 @@ def check_inputs(name, comm, params, state):
             raise ValueError(f"{name}: {field}={v} must be finite and ≥ 0")
 
 
-def build(problem, comm, options, init, step, name):
-    """An Algorithm over ``comm`` with ``(problem, options)`` static; metrics as for SLAM with
-    consensus on both levels."""
+def build(problem, comm, options, init, step, name, metrics=None, check=None):
+    """An Algorithm over ``comm`` with ``(problem, options)`` static. Default ``metrics``: as
+    for SLAM with consensus on both levels; default ``check``: agent axes and non-negative
+    parameters. Custom ones are called as ``fn(static, comm, ...)``."""
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"problem must be a slamjax.BilevelProblem, got {type(problem).__name__}")
     if not isinstance(comm, Graph):
@@ -85,7 +86,8 @@ def build(problem, comm, options, init, step, name):
     st = Static((problem, options))
     P = jax.tree_util.Partial
     return Algorithm(init=P(init, st, comm), step=P(step, st, comm),
-                     metrics=P(_metrics, st, comm), check=P(_check, st, comm, name))
+                     metrics=P(metrics or _metrics, st, comm),
+                     check=P(check, st, comm) if check else P(_check, st, comm, name))
 
 
 def _metrics(static, comm, state, data):

@@ -74,10 +74,8 @@ def bias_free_slam(problem, comm, config: SLAMConfig = SLAMConfig()):
         raise ValueError("bias-free SLAM is defined for variant 'slam' and 'slam_u'; with no UL "
                          "consensus (SLAM-L, problem (8)) each agent's hypergradient involves "
                          "the other agents' objectives, which the shared z does not carry")
-    alg = O.build(problem, comm, config, _init, _step, "bias_free_slam")
-    P = jax.tree_util.Partial
-    return alg._replace(metrics=P(_metrics, alg.step.args[0], comm),
-                        check=P(_check, alg.step.args[0], comm))
+    return O.build(problem, comm, config, _init, _step, "bias_free_slam", metrics=_metrics,
+                   check=_check)
 
 
 def _init(static, comm, x0, y0, data=None):
