@@ -60,6 +60,15 @@ def counts(comm: Graph, exchanged, minibatches_per_agent: float, problem) -> dic
             "minibatches": jnp.asarray(mb, jnp.float32)}
 
 
+CONSENSUS = ("both", "upper")
+
+
+def check_consensus(name: str, consensus) -> None:
+    """``consensus`` option of the peers: ``"both"`` levels or the ``"upper"`` level only."""
+    if not isinstance(consensus, str) or consensus not in CONSENSUS:
+        raise ValueError(f"{name}: consensus must be one of {CONSENSUS}, got {consensus!r}")
+
+
 def check_inputs(name, comm, params, state):
     check_agent_axis("x", state.x, comm.n)
     check_agent_axis("y", state.y, comm.n)
@@ -77,7 +86,7 @@ def check_inputs(name, comm, params, state):
 
 def build(problem, comm, options, init, step, name, metrics=None, check=None):
     """An Algorithm over ``comm`` with ``(problem, options)`` static. Default ``metrics``: as
-    for SLAM with consensus on both levels; default ``check``: agent axes and non-negative
+    for SLAM with consensus on both levels (on x only if ``options.consensus == "upper"``); default ``check``: agent axes and non-negative
     parameters. Custom ones are called as ``fn(static, comm, ...)``."""
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"problem must be a slamjax.BilevelProblem, got {type(problem).__name__}")
@@ -91,7 +100,8 @@ def build(problem, comm, options, init, step, name, metrics=None, check=None):
 
 
 def _metrics(static, comm, state, data):
-    return bilevel_metrics(static.value[0], comm, state.x, state.y, data, True, True)
+    both = getattr(static.value[1], "consensus", "both") == "both"
+    return bilevel_metrics(static.value[0], comm, state.x, state.y, data, True, both)
 
 
 def _check(static, comm, name, params, state, data):

@@ -95,7 +95,8 @@ def _step(static, comm, key, s: BiasFreeState, p: BiasFreeParams, data):
     n = comm.n
     mx, my = config.masks(s.x, s.y)
     kg, kf = jax.random.split(key)
-    bg, bf = O.sample(problem, kg, data, n), O.sample(problem, kf, data, n)
+    bg = O.sample(problem, kg, data, n)
+    bf = bg if config.minibatches == 1 else O.sample(problem, kf, data, n)
     vm = lambda fn, *a: jax.vmap(fn, in_axes=(0, 0, 0, DATA_AXES, 0))(*a)  # noqa: E731
 
     h_g = vm(lambda x, y, _z, d, b: lower_grad(problem, x, y, d, b), s.x, s.y, s.z, data, bg)
@@ -120,8 +121,8 @@ def _step(static, comm, key, s: BiasFreeState, p: BiasFreeParams, data):
     sent = sum(comm.messages(leaf) for leaf, on in zip(jax.tree.leaves(x), mx) if on) + \
         2 * sum(comm.messages(leaf) for leaf, on in zip(jax.tree.leaves(y), my) if on)
     info = {"messages": jnp.asarray(float(sent), jnp.float32),
-            "minibatches": jnp.asarray(0.0 if problem.sample is None else 2.0 * n,
-                                       jnp.float32)}
+            "minibatches": jnp.asarray(0.0 if problem.sample is None
+                                       else float(config.minibatches * n), jnp.float32)}
     return BiasFreeState(x, y, z, u_x, u_y, u_z, s.step + 1, lap_x, lap_y, lap_z), info
 
 

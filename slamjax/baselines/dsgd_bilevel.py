@@ -14,6 +14,12 @@ solved by the configured solver (default CG(10)) from zero every step. Costs per
 exchanges of y and one of x; K_in + 1 minibatches per agent. With constant steps the fixed
 point has the DGD heterogeneity bias, plus SLAM's local-Hessian bias when the LL Hessians
 differ across agents.
+
+``consensus="upper"`` (the SLAM-U setting, e.g. ANIL heads that stay on their agent): only x
+is gossiped; the inner loop is local gradient descent, y ← y − η_y ∇_y g_i(x, y; ξ), so each
+agent's surrogate (23) is then its exact local hypergradient. Costs one exchange of x per
+step; the metrics use the problem's closed forms without LL consensus. ``"both"`` (default)
+is the above.
 """
 
 from __future__ import annotations
@@ -50,15 +56,19 @@ class DSGDBilevelState(NamedTuple):
 class _Options(NamedTuple):
     inner_steps: int
     solver: Any
+    consensus: str = "both"
 
 
-def dsgd_bilevel(problem, comm, inner_steps: int = 5, solver=CG(10)):
-    """The naive double-loop reference over ``comm``; params :class:`DSGDBilevelParams`."""
+def dsgd_bilevel(problem, comm, inner_steps: int = 5, solver=CG(10), consensus: str = "both"):
+    """The naive double-loop reference over ``comm``; params :class:`DSGDBilevelParams`.
+    ``consensus``: ``"both"`` (gossip x and, in the inner loop, y) or ``"upper"`` (x only;
+    the inner loop is local)."""
     if isinstance(inner_steps, bool) or int(inner_steps) < 1:
         raise ValueError(f"inner_steps must be an integer ≥ 1, got {inner_steps!r}")
     if not isinstance(solver, (CG, Neumann, Exact)):
         raise ValueError(f"solver must be CG, Neumann or Exact, got {solver!r}")
-    return O.build(problem, comm, _Options(int(inner_steps), solver), _init, _step,
+    O.check_consensus("dsgd_bilevel", consensus)
+    return O.build(problem, comm, _Options(int(inner_steps), solver, consensus), _init, _step,
                    "dsgd_bilevel")
 
 
@@ -69,26 +79,29 @@ def _init(static, comm, x0, y0, data=None):
 def _step(static, comm, key, st, p, data):
     problem, opt = static.value
     n = comm.n
+    both = opt.consensus == "both"
     keys = jax.random.split(key, opt.inner_steps + 1)
     vgrad = jax.vmap(lambda x, y, d, b: lower_grad(problem, x, y, d, b),
                      in_axes=(0, 0, DATA_AXES, 0))
 
     def inner(y, k):
         b = O.sample(problem, k, data, n)
-        return O.axpy(-p.lr_y, vgrad(st.x, y, data, b), comm.mix(y)), None
+        return O.axpy(-p.lr_y, vgrad(st.x, y, data, b), comm.mix(y) if both else y), None
 
     y, _ = lax.scan(inner, st.y, keys[:-1])
     bf = O.sample(problem, keys[-1], data, n)
     h_f = jax.vmap(lambda x, y, d, b: hypergradient(problem, x, y, d, b, opt.solver),
                    in_axes=(0, 0, DATA_AXES, 0))(st.x, y, data, bf)
     x = comm.mix(O.axpy(-p.lr_x, h_f, st.x))
-    sent = opt.inner_steps * comm.messages(st.y) + comm.messages(st.x)
+    sent = (opt.inner_steps * comm.messages(st.y) if both else 0) + comm.messages(st.x)
     mb = 0.0 if problem.sample is None else float((opt.inner_steps + 1) * n)
     info = {"messages": jnp.asarray(float(sent), jnp.float32),
             "minibatches": jnp.asarray(mb, jnp.float32)}
     return DSGDBilevelState(x, y, st.step + 1), info
 
 
+
 register("dsgd_bilevel", lambda problem, comm, **kw: dsgd_bilevel(problem, comm, **kw),
          lambda lr_x=0.02, lr_y=0.04, dtype=None: DSGDBilevelParams.create(lr_x, lr_y, dtype),
-         "decentralized SGD with an inner LL loop and eq.-(23) hypergradients")
+         "decentralized SGD with an inner LL loop and eq.-(23) hypergradients "
+         "(consensus='upper': gossip on x only)")

@@ -18,6 +18,11 @@ per agent and step, as SLAM); all three exchanges happen every step (|x| + 2|y| 
 agent-edge direction); z starts at 0. With constant steps and heterogeneous agents the
 fixed point carries the usual DGD-type bias O(η) (no gradient tracking): see
 :mod:`slamjax.baselines.dsoba_gt` for the tracked version.
+
+``consensus="upper"`` (the SLAM-U setting, e.g. ANIL heads that stay on their agent): only x
+is gossiped; y and z are updated locally, y ← y − η_y d_y and z ← z − η_z d_z, so z solves each
+agent's own system and only |x| scalars cross each agent-edge direction. The metrics then
+use the problem's closed forms without LL consensus. ``"both"`` (default) is the above.
 """
 
 from __future__ import annotations
@@ -55,12 +60,14 @@ class DSOBAState(NamedTuple):
 
 
 class _Options(NamedTuple):
-    pass
+    consensus: str = "both"
 
 
-def dsoba(problem, comm):
-    """D-SOBA over ``comm``; params :class:`DSOBAParams`."""
-    return O.build(problem, comm, _Options(), _init, _step, "dsoba")
+def dsoba(problem, comm, consensus: str = "both"):
+    """D-SOBA over ``comm``; params :class:`DSOBAParams`. ``consensus``: ``"both"`` (gossip
+    x, y, z) or ``"upper"`` (gossip x only; y and z stay local)."""
+    O.check_consensus("dsoba", consensus)
+    return O.build(problem, comm, _Options(consensus), _init, _step, "dsoba")
 
 
 def _init(static, comm, x0, y0, data=None):
@@ -69,19 +76,22 @@ def _init(static, comm, x0, y0, data=None):
 
 
 def _step(static, comm, key, s: DSOBAState, p: DSOBAParams, data):
-    problem = static.value[0]
+    problem, opt = static.value
+    both = opt.consensus == "both"
     kg, kf = jax.random.split(key)
     bg, bf = O.sample(problem, kg, data, comm.n), O.sample(problem, kf, data, comm.n)
     dx, dy, dz = O.directions(problem, s.x, s.y, s.z, data, bg, bf)
     m = O.lin((1.0 - p.theta, s.m), (p.theta, dx))
-    y = O.axpy(-p.lr_y, dy, comm.mix(s.y))
-    z = O.axpy(-p.lr_z, dz, comm.mix(s.z))
+    y = O.axpy(-p.lr_y, dy, comm.mix(s.y) if both else s.y)
+    z = O.axpy(-p.lr_z, dz, comm.mix(s.z) if both else s.z)
     x = O.axpy(-p.lr_x, m, comm.mix(s.x))
-    info = O.counts(comm, (s.x, s.y, s.z), 2, problem)
+    info = O.counts(comm, (s.x, s.y, s.z) if both else (s.x,), 2, problem)
     return DSOBAState(x, y, z, m, s.step + 1), info
+
 
 
 register("dsoba", lambda problem, comm, **kw: dsoba(problem, comm, **kw),
          lambda lr_x=0.02, lr_y=0.04, lr_z=0.04, theta=1.0, dtype=None:
          DSOBAParams.create(lr_x, lr_y, lr_z, theta, dtype),
-         "D-SOBA (Kong et al. 2024): single loop, gossip on x, y, z")
+         "D-SOBA (Kong et al. 2024): single loop, gossip on x, y, z "
+         "(consensus='upper': on x only)")

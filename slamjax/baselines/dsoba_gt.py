@@ -18,6 +18,12 @@ Choices: gradient tracking in the "combine-then-adapt" form above with the track
 exchanged alongside the iterates (6 exchanges per step: x, y, z and their trackers); no moving
 average (the SPARKLE variants differ mainly in which of the three directions are tracked;
 tracking all three is the most robust choice); two minibatches per agent and step.
+
+``consensus="upper"`` (the SLAM-U setting, e.g. ANIL heads that stay on their agent): only x
+and its tracker s_x are exchanged; y and z are updated locally with their own directions,
+y ← y − η_y d_y and z ← z − η_z d_z (no tracking or mixing: s_y = d_y, s_z = d_z), so z solves
+each agent's own system. The metrics then use the problem's closed forms without LL
+consensus. ``"both"`` (default) is the above.
 """
 
 from __future__ import annotations
@@ -53,12 +59,15 @@ class DSOBAGTState(NamedTuple):
 
 
 class _Options(NamedTuple):
-    pass
+    consensus: str = "both"
 
 
-def dsoba_gt(problem, comm):
-    """D-SOBA with gradient tracking over ``comm``; params :class:`DSOBAGTParams`."""
-    return O.build(problem, comm, _Options(), _init, _step, "dsoba_gt")
+def dsoba_gt(problem, comm, consensus: str = "both"):
+    """D-SOBA with gradient tracking over ``comm``; params :class:`DSOBAGTParams`.
+    ``consensus``: ``"both"`` (track and gossip x, y, z) or ``"upper"`` (x and its tracker
+    only; y and z follow their local directions)."""
+    O.check_consensus("dsoba_gt", consensus)
+    return O.build(problem, comm, _Options(consensus), _init, _step, "dsoba_gt")
 
 
 def _init(static, comm, x0, y0, data=None):
@@ -68,20 +77,29 @@ def _init(static, comm, x0, y0, data=None):
 
 
 def _step(static, comm, key, st: DSOBAGTState, p: DSOBAGTParams, data):
-    problem = static.value[0]
+    problem, opt = static.value
     kg, kf = jax.random.split(key)
     bg, bf = O.sample(problem, kg, data, comm.n), O.sample(problem, kf, data, comm.n)
     d = O.directions(problem, st.x, st.y, st.z, data, bg, bf)            # (d_x, d_y, d_z)
-    s = tuple(O.lin((1.0, comm.mix(si)), (1.0, di), (-1.0, dp))
-              for si, di, dp in zip(st.s, d, st.d_prev))
-    x = O.axpy(-p.lr_x, s[0], comm.mix(st.x))
-    y = O.axpy(-p.lr_y, s[1], comm.mix(st.y))
-    z = O.axpy(-p.lr_z, s[2], comm.mix(st.z))
-    info = O.counts(comm, (st.x, st.y, st.z) + tuple(st.s), 2, problem)
+    if opt.consensus == "both":
+        s = tuple(O.lin((1.0, comm.mix(si)), (1.0, di), (-1.0, dp))
+                  for si, di, dp in zip(st.s, d, st.d_prev))
+        x = O.axpy(-p.lr_x, s[0], comm.mix(st.x))
+        y = O.axpy(-p.lr_y, s[1], comm.mix(st.y))
+        z = O.axpy(-p.lr_z, s[2], comm.mix(st.z))
+        info = O.counts(comm, (st.x, st.y, st.z) + tuple(st.s), 2, problem)
+    else:  # "upper": track x only; y, z take local steps along their own directions
+        s = (O.lin((1.0, comm.mix(st.s[0])), (1.0, d[0]), (-1.0, st.d_prev[0])), d[1], d[2])
+        x = O.axpy(-p.lr_x, s[0], comm.mix(st.x))
+        y = O.axpy(-p.lr_y, d[1], st.y)
+        z = O.axpy(-p.lr_z, d[2], st.z)
+        info = O.counts(comm, (st.x, st.s[0]), 2, problem)
     return DSOBAGTState(x, y, z, s, d, st.step + 1), info
+
 
 
 register("dsoba_gt", lambda problem, comm, **kw: dsoba_gt(problem, comm, **kw),
          lambda lr_x=0.02, lr_y=0.04, lr_z=0.04, dtype=None:
          DSOBAGTParams.create(lr_x, lr_y, lr_z, dtype),
-         "D-SOBA with gradient tracking on x, y, z (SPARKLE / MA-DSBO-GT family)")
+         "D-SOBA with gradient tracking on x, y, z (SPARKLE / MA-DSBO-GT family; "
+         "consensus='upper': on x only)")
