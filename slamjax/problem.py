@@ -9,8 +9,9 @@ library vmaps it over the agent axis (and, through ``g`` being a sum, over the m
   ``y`` (e.g. the k-th entry of a tuple, or row k of an (m, d) leaf). Because the tasks are
   separable, ∇_y of the sum stacks the per-task gradients h_{g,k}, the Hessian of the sum is
   block-diagonal, and one solve with it performs the m task solves of eq. (23) at once.
-* ``sample(key, data) -> batch`` (optional): a stochastic oracle. Called twice per step with
-  independent keys (one batch for h_g, one for h_f). ``None`` means exact gradients
+* ``sample(key, data) -> batch`` (optional): a stochastic oracle. SLAM calls it twice per step
+  with independent keys (one batch for h_g, one for h_f), or once with
+  ``SLAMConfig(minibatches=1)`` (one batch for both). ``None`` means exact gradients
   (``batch=None``).
 * ``hvp_yy(x, y, data, batch, v)`` (optional): ∇²_yy g · v supplied by the user (autodiff of a
   quadratic costs about 2× a hand-written product).

@@ -94,6 +94,11 @@ class SLAMConfig:
     (``lax.map(..., batch_size=B)``) so that the K solver iterations of one block stay in
     cache: same numbers up to round-off, less memory traffic and temporary memory for large
     n·d. The Laplacian products stay global.
+
+    ``minibatches``: per agent and step with a stochastic oracle, ``2`` (default) draws one
+    minibatch for the LL step (h_g) and an independent one for the hypergradient (h_f); ``1``
+    uses the LL step's minibatch for both (half the samples; h_f is then correlated with the
+    y-step it follows). The ``"minibatches"`` counter reports what was drawn.
     """
 
     variant: str = "slam"
@@ -101,6 +106,7 @@ class SLAMConfig:
     consensus_x: Any = None
     consensus_y: Any = None
     agent_block: int | None = None
+    minibatches: int = 2
 
     def __post_init__(self):
         v = _ALIASES.get(self.variant.lower(), self.variant.lower())
@@ -116,6 +122,10 @@ class SLAMConfig:
                 raise ValueError(f"agent_block must be None or an integer ≥ 1, got "
                                  f"{self.agent_block!r}")
             object.__setattr__(self, "agent_block", int(self.agent_block))
+        if isinstance(self.minibatches, bool) or self.minibatches not in (1, 2):
+            raise ValueError(f"minibatches must be 1 (one minibatch per agent and step, shared "
+                             f"by h_g and h_f) or 2 (independent ones), got {self.minibatches!r}")
+        object.__setattr__(self, "minibatches", int(self.minibatches))
         for name in ("consensus_x", "consensus_y"):
             val = getattr(self, name)
             if isinstance(val, list):
@@ -233,7 +243,8 @@ def slam(problem: BilevelProblem, comm: Graph, config: SLAMConfig = SLAMConfig()
     (4d) with ``params`` a :class:`SLAMParams`; ``info`` counts the scalars exchanged (one
     exchange of x⁺ and of y⁺ per step on the consensus leaves: the product L·v⁺ of the dual
     step is reused by the next primal step) and the per-agent minibatches drawn (two per agent
-    and step with a stochastic oracle: one for h_g, one for h_f).
+    and step with a stochastic oracle: one for h_g, one for h_f; one shared with
+    ``config.minibatches=1``).
     """
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"problem must be a slamjax.BilevelProblem, got {type(problem).__name__}")
@@ -263,7 +274,7 @@ def _slam_step(static, graph, key, state: SLAMState, params: SLAMParams, data):
     kg, kf = jax.random.split(key)
     vsample = jax.vmap(problem.sample_batch, in_axes=(0, DATA_AXES))
     batch_g = vsample(jax.random.split(kg, n), data)
-    batch_f = vsample(jax.random.split(kf, n), data)
+    batch_f = batch_g if config.minibatches == 1 else vsample(jax.random.split(kf, n), data)
     block = config.agent_block
 
     h_g = _per_agent(lambda x, y, d, b: lower_grad(problem, x, y, d, b), block, n,
@@ -277,7 +288,8 @@ def _slam_step(static, graph, key, state: SLAMState, params: SLAMParams, data):
     sent = sum(graph.messages(leaf) for leaf, on in zip(jax.tree.leaves(x), mask_x) if on) + \
         sum(graph.messages(leaf) for leaf, on in zip(jax.tree.leaves(y), mask_y) if on)
     info = {"messages": jnp.asarray(float(sent), jnp.float32),
-            "minibatches": jnp.asarray(0.0 if problem.sample is None else 2.0 * n, jnp.float32)}
+            "minibatches": jnp.asarray(0.0 if problem.sample is None
+                                       else float(config.minibatches * n), jnp.float32)}
     new = SLAMState(x=x, y=y, u_x=u_x, u_y=u_y, step=state.step + 1, lap_x=lap_x, lap_y=lap_y)
     return new, info
 
