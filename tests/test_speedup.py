@@ -122,3 +122,28 @@ def test_sweep_step_sizes_follow_theorem1_and_are_stable():
                 warnings.simplefilter("error", sj.StabilityWarning)
                 sj.validate(problem, sj.SLAMConfig(), g, sj.SLAMParams.create(a, b, rho, gamma),
                             sj.init(x0, y0), data)
+
+
+def test_speedup_sweep_script_runs_end_to_end(tmp_path):
+    """`experiments/speedup_sweep.py` at toy size: JSON with every n and method, the fixed-step
+    stationary error falls with n, and the iterations to ε are found and shrink."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "speedup_sweep.py"
+    if not script.exists():
+        pytest.skip("experiments/ not present (installed package)")
+    out = subprocess.run([sys.executable, str(script), "--quick", "--n-max", "4", "--seeds", "2",
+                          "--t1", "2048", "--t-min", "512", "--t-fixed", "1024", "--eps-rel", "0.01",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    payload = json.loads((tmp_path / "speedup_sweep.json").read_text())
+    assert [r["n"] for r in payload["per_n"]] == [1, 2, 4]
+    assert (tmp_path / "speedup_sweep.png").stat().st_size > 10_000
+    for m in ("slam", "oracle"):
+        stat = [r[m]["stationary"] for r in payload["per_n"]]
+        assert stat[2] < 0.5 * stat[0], (m, stat)
+        t = [r[m]["T_eps"] for r in payload["per_n"]]
+        assert all(v is not None for v in t) and t[2] < t[0], (m, t)
