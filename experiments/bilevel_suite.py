@@ -420,7 +420,9 @@ def plot(records, path):
                            "messages": "scalars sent (network)"}[xkey], fontsize=8)
             if j == 0:
                 ax.set_ylabel("‖∇F(1x̄)‖²" if quad else "test accuracy", fontsize=8)
-        axes[i, 2].legend(fontsize=6)
+        shown = [a for a in axes[i] if a.get_visible() and a.get_legend_handles_labels()[0]]
+        if shown:  # one legend per row, on the panel with the most labelled curves
+            max(shown, key=lambda a: len(a.get_legend_handles_labels()[1])).legend(fontsize=6)
     fig.tight_layout()
     return save_figure(fig, path)
 
