@@ -265,19 +265,14 @@ def _spread(x) -> np.ndarray:
 
 
 def _anil_heldout_loss(state) -> np.ndarray:
-    """Final loss of (x̄, own heads) on test images 5000–9999, per lane (G, S)."""
+    """Final loss of (x̄, own heads) on test images 5000–9999, per lane (G, S): one vmapped
+    call over the lanes."""
     from slamjax.problems.meta_anil import test_metrics
     _, _, te_x, te_y = _mnist()
     imgs = jnp.asarray(te_x[5000:], jnp.float32) * (1.0 / 255.0)
     labels = jnp.asarray(te_y[5000:], jnp.int32)
-    fn = jax.jit(lambda x, y: test_metrics(x, y, imgs, labels, 0)["test_loss"])
-    lanes = jax.tree.leaves(state.x)[0].shape[:2]
-    out = np.empty(lanes)
-    for g in range(lanes[0]):
-        for s in range(lanes[1]):
-            pick = lambda t: jax.tree.map(lambda a: a[g, s], t)  # noqa: E731
-            out[g, s] = float(fn(pick(state.x), pick(state.y)))
-    return out
+    loss = lambda x, y: test_metrics(x, y, imgs, labels, 0)["test_loss"]  # noqa: E731
+    return np.asarray(jax.jit(jax.vmap(jax.vmap(loss)))(state.x, state.y), np.float64)
 
 
 def first_reach(steps, curve, target, below: bool):

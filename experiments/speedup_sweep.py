@@ -45,6 +45,7 @@ Writes ``results/speedup_sweep.json`` and ``.png``.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -78,13 +79,20 @@ def _rho(lam_max: float, eta: float) -> float:
     return 1.0 if lam_max <= 0 else 0.5 * sj.stability_bound(lam_max, 1.0 / eta, 1.0)
 
 
+@functools.lru_cache(maxsize=4)
+def graph_for(method: str, n: int):
+    """The method's graph (built once per n: parts (a) and (b) share it)."""
+    if method == "slam":
+        return sj.graphs.erdos_renyi(n, seed=0)
+    return sj.graphs.complete(n)
+
+
 def build(method: str, problem, n: int, steps):
     """(algorithm, params template, grid points, graph)."""
+    g = graph_for(method, n)
     if method == "oracle":
-        g = sj.graphs.complete(n)
         return (dsoba(problem, g), DSOBAParams.create(0.1, 0.1, 0.1, 1.0),
                 [dict(lr_x=e, lr_y=e, lr_z=e, theta=1.0) for e in steps], g)
-    g = sj.graphs.complete(n) if method == "slam_complete" else sj.graphs.erdos_renyi(n, seed=0)
     alg = sj.slam(problem, g, sj.SLAMConfig("slam", solver=sj.CG(10)))
     pts = [dict(alpha=1 / e, beta=1 / e, rho=_rho(g.lam_max, e), gamma=1.0) for e in steps]
     return alg, sj.SLAMParams.create(1.0, 1.0, 1.0, 1.0), pts, g
