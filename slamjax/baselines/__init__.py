@@ -2,7 +2,8 @@
 per method, registered in :data:`slamjax.REGISTRY`):
 
 * :mod:`.dsgd` — decentralized SGD on one loss with Metropolis gossip (the meta-learning
-  experiment's reference);
+  experiment's reference; ``optimizer="adam"``: per-agent Adam steps, the centralized Adam
+  oracle at n = 1);
 * :mod:`.dsgd_bilevel` — decentralized SGD with an inner LL loop and eq.-(23) hypergradients
   (the naive bilevel reference);
 * :mod:`.dsoba` — single-loop D-SOBA (optional moving average);

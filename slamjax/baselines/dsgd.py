@@ -12,6 +12,20 @@ is taken at the agent's own iterate before mixing). ``loss="g"`` trains on the L
 baseline of the paper's Fig. 8), ``loss="f"`` on the UL loss. One minibatch per agent and
 step (``problem.sample``), one exchange of x and of y per step.
 
+``optimizer="adam"``: the same gossip with Adam-normalised local steps. Every agent keeps its
+own Adam moments (optax's ``scale_by_adam``: b1 = 0.9, b2 = 0.999, eps = 1e-8) for x and for
+y, fed with the stochastic gradient above, and steps along the resulting direction::
+
+    d_i = Adam_i(∇ℓ_i(x_i, y_i; ξ_i)),     x ← W x − η_x d_{x,i},     y ← W y − η_y d_{y,i}
+
+The moments stay on their agent (never gossiped, so the message counts are those of SGD)
+and live in the state (``DSGDState.opt``, agent axis first). With n = 1 (W = 1) this is
+exactly ``optax.adam(η)`` on the loss: the centralized Adam oracle of the meta-learning
+Table 2 (issue 12) is this method with n = 1 and one minibatch of 32·n (the n agents'
+batches pooled), run through the same runner and step-size grids as the decentralized
+methods. ``optimizer="sgd"`` (default) is the update above, unchanged
+(``DSGDState.opt`` is ``None``, so the state has the same leaves as before the option).
+
 Before this module the experiment used W = I − L/(1 + d_max); the Metropolis W is the
 library-wide choice (same on regular graphs; at most a slightly larger weight on low-degree
 edges otherwise).
@@ -23,13 +37,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from slamjax.algorithm import Algorithm, register
 from slamjax.baselines import _oracle as O
 from slamjax.graphs import Graph
 from slamjax.problem import DATA_AXES, BilevelProblem
 
-__all__ = ["DSGDParams", "DSGDState", "dsgd"]
+__all__ = ["DSGDParams", "DSGDState", "OPTIMIZERS", "dsgd"]
 
 
 class DSGDParams(NamedTuple):
@@ -44,36 +59,66 @@ class DSGDParams(NamedTuple):
 
 
 class DSGDState(NamedTuple):
+    """Iterates (agent axis first), step counter and, for ``optimizer="adam"``, the agents'
+    Adam states of the pair (x, y) (``optax.ScaleByAdamState`` with an agent axis; ``None``
+    for SGD)."""
+
     x: Any
     y: Any
     step: Any
+    opt: Any = None
 
 
-def dsgd(problem: BilevelProblem, comm: Graph, loss: str = "g") -> Algorithm:
+OPTIMIZERS = ("sgd", "adam")
+
+
+class _Options(NamedTuple):
+    """Static options (hashable). No ``consensus`` field: both levels are gossiped, which is
+    the default of the shared metrics."""
+
+    loss: str = "g"
+    optimizer: str = "sgd"
+
+
+_ADAM = optax.scale_by_adam()  # b1 = 0.9, b2 = 0.999, eps = 1e-8 (optax.adam's defaults)
+
+
+def dsgd(problem: BilevelProblem, comm: Graph, loss: str = "g",
+         optimizer: str = "sgd") -> Algorithm:
     """Decentralized SGD on ``problem.g`` (``loss="g"``) or ``problem.f`` (``"f"``) over
-    ``comm``; params :class:`DSGDParams`. Metrics: disagreement of x and y plus the problem's
-    metrics evaluated as if both levels were in consensus."""
+    ``comm``; params :class:`DSGDParams`. ``optimizer``: ``"sgd"`` (plain local steps) or
+    ``"adam"`` (per-agent Adam-normalised local steps; centralized Adam when n = 1).
+    Metrics: disagreement of x and y plus the problem's metrics evaluated as if both levels
+    were in consensus."""
     if loss not in ("g", "f"):
         raise ValueError(f"loss must be 'g' or 'f', got {loss!r}")
-    return O.build(problem, comm, loss, _init, _step, "dsgd")
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
+        raise ValueError(f"dsgd: optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    return O.build(problem, comm, _Options(loss, optimizer), _init, _step, "dsgd")
 
 
 def _init(static, comm, x0, y0, data=None) -> DSGDState:
-    return DSGDState(x0, y0, jnp.zeros((), jnp.int32))
+    _, opt = static.value
+    adam = jax.vmap(_ADAM.init)((x0, y0)) if opt.optimizer == "adam" else None
+    return DSGDState(x0, y0, jnp.zeros((), jnp.int32), adam)
 
 
 def _step(static, comm, key, state: DSGDState, params: DSGDParams, data):
-    problem, loss = static.value
+    problem, opt = static.value
     n = comm.n
-    fn = problem.g if loss == "g" else problem.f
+    fn = problem.g if opt.loss == "g" else problem.f
     batch = O.sample(problem, key, data, n)
     gx, gy = jax.vmap(jax.grad(fn, argnums=(0, 1)), in_axes=(0, 0, DATA_AXES, 0))(
         state.x, state.y, data, batch)
+    adam = state.opt
+    if opt.optimizer == "adam":  # each agent normalises its own gradient (moments local)
+        (gx, gy), adam = jax.vmap(_ADAM.update)((gx, gy), state.opt)
     x = O.axpy(-params.lr_x, gx, comm.mix(state.x))
     y = O.axpy(-params.lr_y, gy, comm.mix(state.y))
-    return DSGDState(x, y, state.step + 1), O.counts(comm, (state.x, state.y), 1, problem)
+    return DSGDState(x, y, state.step + 1, adam), O.counts(comm, (state.x, state.y), 1, problem)
 
 
 register("dsgd", lambda problem, comm, **kw: dsgd(problem, comm, **kw),
          lambda lr_x=0.01, lr_y=0.02, dtype=None: DSGDParams.create(lr_x, lr_y, dtype),
-         "decentralized SGD on one loss, Metropolis gossip on x and y")
+         "decentralized SGD on one loss, Metropolis gossip on x and y "
+         "(optimizer='adam': per-agent Adam steps, centralized Adam at n = 1)")
