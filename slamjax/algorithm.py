@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 __all__ = ["Algorithm", "Static", "evaluate", "split_static", "merge_static", "REGISTRY", "make_algorithm",
-           "register", "COUNTERS"]
+           "register", "COUNTERS", "problem_of"]
 
 #: ``info`` entries that the runner sums over steps (every other scalar is logged as is)
 COUNTERS = ("messages", "minibatches")
@@ -79,6 +79,20 @@ def evaluate(algorithm: Algorithm, state, data) -> dict:
     if algorithm.metrics is None:
         return {}
     return dict(algorithm.metrics(state, data))
+
+
+def problem_of(algorithm: Algorithm):
+    """The :class:`~slamjax.BilevelProblem` an algorithm was built on, or ``None``: the
+    library's builders pass ``Static((problem, config))`` to the ``Partial`` of ``step``
+    (a user's closure-based algorithm has none, and then only the generic checks run)."""
+    from slamjax.problem import BilevelProblem
+
+    for arg in getattr(algorithm.step, "args", ()):
+        value = arg.value if isinstance(arg, Static) else arg
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, BilevelProblem):
+                return item
+    return None
 
 
 # ----------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ from jax.flatten_util import ravel_pytree
 from slamjax.algorithm import Algorithm, evaluate, merge_static, split_static
 from slamjax.graphs import Graph
 from slamjax.problem import DATA_AXES, BilevelProblem, ProblemData
-from slamjax.run import iterate
+from slamjax.run import as_key, iterate
 from slamjax.slam import SLAMConfig, SLAMParams
 
 __all__ = ["DIFFERENTIABLE", "NotDifferentiableError", "Inputs", "Reverse", "Checkpointed",
@@ -226,11 +226,9 @@ def _check_statics(algorithm, num_steps, log_every):
 
 
 def _as_key(key):
-    if key is None:
-        return jax.random.key(0)
-    if isinstance(key, (int, np.integer)):
-        return jax.random.key(int(key))
-    return key
+    """The same key forms as :func:`slamjax.solve`: None, an int seed, ``jax.random.key``
+    or a raw ``jax.random.PRNGKey`` (one rule: :func:`slamjax.run.as_key`)."""
+    return as_key(key)
 
 
 def _run_loss(algorithm, num_steps, loss_fn, log_every, checkpoint_every, params, data, x0,

@@ -14,10 +14,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import itertools
 import json
 import math
+import os
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,14 +32,198 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from slamjax.algorithm import COUNTERS, Algorithm, evaluate, merge_static, split_static
+from slamjax.algorithm import (COUNTERS, Algorithm, evaluate, merge_static, problem_of,
+                               split_static)
+from slamjax.problem import (DATA_AXES, check_finite, check_precision, ll_min_curvature,
+                             probe_problem)
 
-__all__ = ["RunResult", "run", "solve", "iterate", "drive", "progress_bar",
-           "DivergenceWarning", "grid_points", "compiled_programs"]
+__all__ = ["RunResult", "run", "solve", "checked", "iterate", "drive", "progress_bar",
+           "DivergenceWarning", "CurvatureWarning", "grid_points", "compiled_programs",
+           "as_key", "check_output_dir", "check_output_file", "write_text"]
 
 
 class DivergenceWarning(RuntimeWarning):
     """A run (or a lane of a batched run) produced NaN/Inf and was stopped."""
+
+
+class CurvatureWarning(RuntimeWarning):
+    """The lower-level Hessian ∇²_yy g is not positive definite at the start point: the
+    hypergradient solve of eq. (23) (CG / Neumann / exact) then returns garbage."""
+
+
+# ----------------------------------------------------------------------------------------
+# input checks shared by solve and run (eager: on concrete values, before any compile)
+# ----------------------------------------------------------------------------------------
+def as_key(key, name: str = "key"):
+    """A PRNG key from any of the forms JAX users hold: ``None`` (seed 0), an int seed, a
+    typed key (``jax.random.key``) or a raw ``uint32[2]`` key (``jax.random.PRNGKey``)."""
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return key
+    shape = tuple(jnp.shape(key)) if dtype is not None else None
+    if shape == () and jnp.issubdtype(dtype, jnp.integer):
+        return jax.random.key(key)  # an integer seed array (traced or not)
+    if shape == (2,) and dtype == jnp.uint32:
+        return jax.random.wrap_key_data(key)  # jax.random.PRNGKey(seed)
+    raise TypeError(f"{name} must be an int seed, jax.random.key(seed) or "
+                    f"jax.random.PRNGKey(seed); got {type(key).__name__}"
+                    + (f" of shape {shape} and dtype {dtype}" if dtype is not None else ""))
+
+
+def _concrete(tree) -> bool:
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
+
+
+#: CG iterations of the start-point curvature check (exact when dim(y) per agent ≤ this)
+CURVATURE_ITERS = 32
+
+
+def _ll_curvature_impl(x, y, data, *, problem, iters):
+    """(min, max) curvature CG meets on each agent's ∇²_yy g at (x, y): arrays over agents."""
+    key = jax.random.key(0)  # one fixed minibatch for every agent (stochastic problems)
+
+    def one(xi, yi, di):
+        return ll_min_curvature(problem, xi, yi, di, problem.sample_batch(key, di), iters)
+
+    return jax.vmap(one, in_axes=(0, 0, DATA_AXES))(x, y, data)
+
+
+_ll_curvature = jax.jit(_ll_curvature_impl, static_argnames=("problem", "iters"))
+_CURVATURE: dict = {}  # compiled curvature checks, keyed like the runner's chunks
+
+
+def _curvature_check(problem, x, y, data) -> None:
+    """A :class:`CurvatureWarning` if CG meets pᵀHp ≤ 0 on some agent's ∇²_yy g at (x, y)."""
+    dim = sum(int(np.prod(jnp.shape(leaf)[1:])) for leaf in jax.tree.leaves(y))
+    args = (x, y, data)
+    statics = dict(problem=problem, iters=min(dim, CURVATURE_ITERS))
+    sig = (problem, statics["iters"], _signature(args))
+    if sig not in _CURVATURE:  # a one-off computation: compiled without optimization passes
+        _CURVATURE[sig] = _ll_curvature.lower(*args, **statics).compile(
+            compiler_options={"xla_backend_optimization_level": 0})
+    lo, hi = jax.device_get(_CURVATURE[sig](*args))
+    bad = np.nonzero(~(lo > 0))[0]
+    if not bad.size:
+        return
+    worst = int(bad[np.argmin(lo[bad])]) if np.isfinite(lo[bad]).any() else int(bad[0])
+    warnings.warn(
+        f"the lower-level Hessian ∇²_yy g is not positive definite at (x0, y0): conjugate "
+        f"gradients meets curvature pᵀHp/pᵀp = {lo[worst]:.3g} ≤ 0 on agent {worst} "
+        f"({bad.size} of {lo.size} agents; largest curvature seen {np.max(hi):.3g}). "
+        f"The hypergradient (eq. 23) solves ∇²_yy g·v = ∇_y f, which needs g strongly convex "
+        f"in y: CG/Neumann return garbage and the run will diverge. Make g strongly convex in "
+        f"y, e.g. add a ridge (mu/2)·‖y‖² to g with mu well above {-float(lo[worst]):.3g} "
+        f"(the most negative curvature seen; the smallest eigenvalue can be lower), or fix "
+        f"the problem's hvp_yy.", CurvatureWarning, stacklevel=4)
+
+
+def _check_precision(data, x0, y0) -> None:
+    check_precision("x0", x0)
+    check_precision("y0", y0)
+    check_precision("data", data)
+
+
+def _eager_checks(algorithm, params, data, x0, y0, state) -> None:
+    """What :func:`solve` and :func:`run` validate before any compile: the algorithm's own
+    check (shapes, hyperparameter values), half precision, NaN/Inf in x0, y0 and the data,
+    per-agent shapes against the problem's f and g, and the LL curvature at the start.
+    Values that are traced (under jit/grad/vmap) are skipped: see :func:`checked`.
+    (:func:`_check_precision` runs before ``init``.)"""
+    if algorithm.check is not None:
+        algorithm.check(params, state, data)  # shapes always; numbers if concrete
+    check_finite("x0", x0)
+    check_finite("y0", y0)
+    check_finite("data", data)
+    problem = problem_of(algorithm)
+    if problem is None or not hasattr(state, "x") or not hasattr(state, "y"):
+        return
+    if not _concrete((state.x, state.y)):
+        return
+    probe_problem(problem, state.x, state.y, data, jax.eval_shape(jax.random.key, 0))
+    if problem.ul_grad is None and _concrete(data):
+        _curvature_check(problem, state.x, state.y, data)
+
+
+# ----------------------------------------------------------------------------------------
+# checks under tracing (jax.experimental.checkify)
+# ----------------------------------------------------------------------------------------
+#: set by :func:`checked` while it traces: ``solve(check=True)`` then also emits the
+#: value checks as ``checkify.check`` s, which run inside the compiled program
+_TRACED_CHECKS = contextvars.ContextVar("slamjax_traced_checks", default=False)
+
+
+def _traced_input_checks(algorithm, params, data, x0, y0) -> None:
+    from jax.experimental import checkify
+
+    from slamjax.slam import SLAMParams
+
+    if isinstance(params, SLAMParams):
+        rule, cond = "> 0", lambda v: v > 0  # noqa: E731
+    elif problem_of(algorithm) is not None:  # the library's peers: eager rule is ≥ 0
+        rule, cond = "≥ 0", lambda v: v >= 0  # noqa: E731
+    else:
+        rule, cond = "finite", lambda v: True  # noqa: E731
+    for field in getattr(params, "_fields", ()):
+        v = jnp.ravel(jnp.asarray(getattr(params, field)))
+        if not jnp.issubdtype(v.dtype, jnp.inexact):
+            continue
+        ok = jnp.isfinite(v) & cond(v)
+        checkify.check(jnp.all(ok), f"solve (checked under jit): {type(params).__name__}."
+                       f"{field}={{}} must be finite" + ("" if rule == "finite" else
+                                                         f" and {rule}"),
+                       v[jnp.argmin(ok)])
+    for name, tree in (("x0", x0), ("y0", y0), ("data", data)):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+                checkify.check(jnp.all(jnp.isfinite(leaf)),
+                               f"solve (checked under jit): {name}"
+                               f"{jax.tree_util.keystr(path)} has NaN/Inf entries; pass "
+                               "finite values")
+
+
+def checked(fn: Callable, errors=None) -> Callable:
+    """``fn`` (e.g. :func:`solve`, or a loss that calls it) with the value checks compiled in:
+    ``checked(fn)(*args, **kw) -> (error, out)``, ``jax.experimental.checkify`` style::
+
+        err, state = jax.jit(checked(slamjax.solve), static_argnames="num_steps")(
+            alg, params, data, x0, y0, key, num_steps=200)
+        err.throw()   # raises if a check failed; a no-op otherwise
+
+    Every :func:`solve` traced inside ``fn`` checks its hyperparameters (SLAM: finite and
+    > 0), that x0, y0 and the data are finite, and that the final state is finite.
+    ``errors`` (default ``checkify.user_checks``) can add checkify's own per-operation checks,
+    e.g. ``checkify.user_checks | checkify.nan_checks`` to locate the first NaN. Wrap before
+    jitting — ``jax.jit(checked(f))``, not ``checked(jax.jit(f))`` (a jitted function may
+    reuse a trace made without the checks; that order is refused). Non-array arguments
+    (``num_steps``, Python numbers) stay static, so they are checked eagerly as usual.
+    """
+    from jax.experimental import checkify
+
+    if hasattr(fn, "lower"):
+        raise TypeError("checked() must wrap the function before jit: use "
+                        "jax.jit(checked(f)), not checked(jax.jit(f)) (a jitted "
+                        "function may reuse a trace made without the checks)")
+    errs = checkify.user_checks if errors is None else errors
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        dyn, static = split_static((args, kwargs))
+
+        def inner(dyn):
+            a, kw = merge_static(dyn, static)
+            return fn(*a, **kw)
+
+        token = _TRACED_CHECKS.set(True)
+        try:
+            return checkify.checkify(inner, errors=errs)(dyn)
+        finally:
+            _TRACED_CHECKS.reset(token)
+
+    return wrapped
 
 
 # ----------------------------------------------------------------------------------------
@@ -79,16 +267,40 @@ def iterate(algorithm: Algorithm, params, data, state, key, num_steps: int, *,
 
 
 def solve(algorithm: Algorithm, params, data, x0, y0, key, num_steps: int, *,
-          checkpoint_every: int | None = None, check: bool = True):
+          checkpoint_every: int | None = None, check: bool | str = True):
     """Pure end-to-end solve: ``init`` then ``num_steps`` steps. Differentiable with respect
-    to ``params``, ``data``, ``x0`` and ``y0`` (``jax.grad`` / ``jax.jvp``). ``check`` runs the
-    algorithm's eager checks when the inputs are concrete (skipped under tracing)."""
+    to ``params``, ``data``, ``x0`` and ``y0`` (``jax.grad`` / ``jax.jvp``). ``key``: an int
+    seed, ``jax.random.key(seed)`` or ``jax.random.PRNGKey(seed)``.
+
+    ``check=True`` validates eagerly whatever is concrete (shapes and dtypes always;
+    hyperparameter values, NaN/Inf in x0/y0/data, the problem's f and g at the per-agent
+    shapes and the LL curvature when the values are concrete — skipped under tracing).
+    ``check="traced"`` also emits the value checks as ``checkify.check`` s so that they run
+    inside a compiled program (the call must then be inside ``jax.experimental.checkify``;
+    :func:`checked` does both). ``check=False`` checks nothing."""
     _check_algorithm(algorithm)
+    if check not in (True, False, "traced"):
+        raise ValueError(f"check must be True, False or 'traced', got {check!r}")
+    key = as_key(key)
+    if check:
+        _check_precision(data, x0, y0)
     state = algorithm.init(x0, y0, data)
-    if check and algorithm.check is not None:
-        algorithm.check(params, state, data)  # shapes always; numbers if concrete
-    return iterate(algorithm, params, data, state, key, num_steps,
-                   checkpoint_every=checkpoint_every)
+    traced = check == "traced" or (check is True and _TRACED_CHECKS.get())
+    if check:
+        _eager_checks(algorithm, params, data, x0, y0, state)
+    if traced:
+        _traced_input_checks(algorithm, params, data, x0, y0)
+    out = iterate(algorithm, params, data, state, key, num_steps,
+                  checkpoint_every=checkpoint_every)
+    if traced:
+        from jax.experimental import checkify
+
+        checkify.check(_all_finite(out), f"solve (checked under jit): the state after "
+                       f"{int(num_steps)} steps has NaN/Inf (the run diverged): reduce the "
+                       "step sizes or the penalty (for SLAM: raise alpha/beta or lower rho), "
+                       "or use slamjax.run, which stops a diverged lane at its last finite "
+                       "state")
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -137,14 +349,95 @@ class RunResult:
             "run_time_s": self.run_time,
             "steps_per_sec": self.steps_per_sec,
             "num_steps": self.num_steps,
+            "final_step": int(self.steps[-1]) if len(self.steps) else None,
             "diverged_at": np.asarray(div).tolist() if div is not None else None,
         }
 
     def save_json(self, path, **meta) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**meta, **self.to_dict()}, indent=1, default=_jsonable))
-        return path
+        """Write :meth:`to_dict` (and ``meta``) as JSON to the file ``path``. A bad path
+        (a directory, a path under a file, an unwritable place) is a ``ValueError`` naming
+        it before anything is written; the file is replaced atomically, so an earlier
+        result at ``path`` is never left half-written."""
+        path = check_output_file(path, "save_json: path")
+        return write_text(path, json.dumps({**meta, **self.to_dict()}, indent=1,
+                                           default=_jsonable))
+
+
+# ----------------------------------------------------------------------------------------
+# output paths: checked before any compute, written atomically
+# ----------------------------------------------------------------------------------------
+def _existing_ancestor(path: Path, arg: str) -> Path:
+    anc = path.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ValueError(f"{arg} {path}: {anc} is a file, so nothing can be created under "
+                         f"it; pass a path under a directory (e.g. {arg} "
+                         f"{anc.parent / 'results'})")
+    return anc
+
+
+def _check_writable(where: Path, target: Path, arg: str) -> None:
+    try:  # a probe write (os.access says yes to root even on read-only file systems)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        alt = Path(tempfile.gettempdir()) / "slamjax-results"
+        raise ValueError(f"{arg} {target}: cannot write in {where} ({e.strerror or e}); "
+                         f"pass a writable place (e.g. {arg} {alt})") from None
+
+
+def check_output_dir(path, arg: str = "--out") -> Path:
+    """``path`` as an output *directory* that can be created and written, else a
+    ``ValueError`` naming ``arg`` and a valid alternative. Creates nothing."""
+    path = Path(path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{arg} {path} is an existing file, not a directory: pass a "
+                             f"directory (e.g. {arg} {path.parent / 'results'}) or move "
+                             "the file away")
+        _check_writable(path, path, arg)
+    else:
+        _check_writable(_existing_ancestor(path, arg), path, arg)
+    return path
+
+
+def check_output_file(path, arg: str = "--out") -> Path:
+    """``path`` as an output *file* (an existing file is replaced): not a directory, under a
+    directory that exists or can be created, writable. Creates nothing."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{arg} {path} is a directory, but it names an output file: pass a "
+                         f"file path (e.g. {arg} {path / 'results.json'})")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"{arg} {path}: {parent} is a file, so nothing can be created under "
+                         f"it; pass a path under a directory (e.g. {arg} "
+                         f"{parent.parent / path.name})")
+    where = parent if parent.exists() else _existing_ancestor(path, arg)
+    _check_writable(where, path, arg)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{arg} {path} exists and is read-only: pass another file name "
+                         f"(e.g. {arg} {path.with_name(path.stem + '-new' + path.suffix)})")
+    return path
+
+
+def write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary file in the same directory, then
+    ``os.replace``): a failed write leaves an earlier file at ``path`` intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def _jsonable(o):
@@ -359,14 +652,23 @@ def run(algorithm: Algorithm, params, data, x0, y0, *, num_steps: int = 1000,
         raise ValueError("batched_init=True needs seeds=[...] (one x0, y0 per seed)")
 
     # eager checks on concrete values: once, or once per grid point
+    _check_precision(data, x0, y0)
     if batched_init:
         state0 = jax.vmap(algorithm.init, in_axes=(0, 0, None))(x0, y0, data)
         one_state = jax.tree.map(lambda a: a[0], state0)
     else:
         state0 = one_state = algorithm.init(x0, y0, data)
-    if algorithm.check is not None:
-        for p in (points or [{}]):
+    for i, p in enumerate(points or [{}]):
+        if i == 0:  # all input checks once; the algorithm's parameter check per grid point
+            _eager_checks(algorithm, params._replace(**p), data, x0, y0, one_state)
+        elif algorithm.check is not None:
             algorithm.check(params._replace(**p), one_state, data)
+    if not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state0)
+               if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)):
+        # the runner's "last finite state" starts here: it must be finite
+        raise ValueError("the initial state built by the algorithm's init from x0, y0 has "
+                         "NaN/Inf entries although x0, y0 and the data are finite (overflow?): "
+                         "rescale x0, y0 or the data")
 
     G = len(points) if points else None
     S = len(seed_list) if seed_list is not None else None
