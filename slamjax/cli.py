@@ -29,6 +29,11 @@ SCRIPTS = {
     "sweep": "speedup_sweep.py",
     "tune": "tune_by_gradient.py",
 }
+#: what a script's ``--out`` names (checked before the script runs): an output directory,
+#: or a JSON file (bench_grad, tune_by_gradient: ``--out X.json``, the PNG beside it)
+OUT_FILE_SCRIPTS = ("bench_grad.py", "tune_by_gradient.py")
+#: the scripts' ``--out`` spellings (bench_envs also takes ``--out-dir``)
+OUT_FLAGS = ("--out", "--out-dir")
 #: ``slamjax reproduce <what>`` -> (script, forwarded arguments)
 REPRODUCE = {
     "table2": ("meta_learning.py", []),
@@ -59,8 +64,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="Erdős–Rényi edge probability (default 2 ln(n)/n: connected w.h.p.)")
     p.add_argument("--mixing", default="auto", help="auto | sparse | stencil | dense")
     p.add_argument("--variant", default="all", help="all | slam | slam_l | slam_u")
-    p.add_argument("--steps", type=_positive(int), default=3000, help="iterations T (3000)")
-    p.add_argument("--log-every", type=_positive(int), default=20)
+    p.add_argument("--steps", type=_positive(int), default=3000,
+                   help="iterations T (3000); exactly T are run")
+    p.add_argument("--log-every", type=_positive(int), default=None,
+                   help="log interval; must divide --steps (default: the largest divisor of "
+                        "--steps that is ≤ 20)")
     p.add_argument("--seed", type=int, default=0, help="problem, graph and noise seed")
     p.add_argument("--alpha", type=float, default=30.0, help="UL: step size is 1/alpha (30)")
     p.add_argument("--beta", type=float, default=30.0, help="LL: step size is 1/beta (30)")
@@ -83,7 +91,40 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plot", action="store_true")
 
 
+def default_log_every(steps: int, at_most: int = 20) -> int:
+    """The largest divisor of ``steps`` that is ≤ ``at_most`` (so that exactly ``steps``
+    iterations are run and logged)."""
+    return max(d for d in range(1, min(steps, at_most) + 1) if steps % d == 0)
+
+
+def check_steps(steps: int, log_every: int | None) -> int:
+    """``log_every`` for a run of exactly ``steps`` iterations; a ``--log-every`` that does
+    not divide ``--steps`` is refused (never rounded: no run longer or shorter than asked)."""
+    if log_every is None:
+        return default_log_every(steps)
+    if steps % log_every:
+        up = steps + log_every - steps % log_every
+        down = steps - steps % log_every
+        raise ValueError(
+            f"--steps {steps} is not a multiple of --log-every {log_every}: pass --steps {up}"
+            + (f" or --steps {down}" if down else "") + f", or --log-every "
+            f"{default_log_every(steps, log_every)} (a divisor of {steps}), or leave "
+            "--log-every out")
+    return log_every
+
+
+def _check_run_outputs(args) -> None:
+    """Everything ``slamjax run`` will write, checked before any compute."""
+    from slamjax.run import check_output_dir, check_output_file
+
+    out = check_output_dir(args.out, "--out")
+    for suffix in (".json",) + (() if args.no_plot else (".png",)):
+        check_output_file(out / f"{args.name}{suffix}", "--out/--name: output file")
+
+
 def cmd_run(args) -> int:
+    args.log_every = check_steps(args.steps, args.log_every)
+    _check_run_outputs(args)  # before any compute: a bad --out loses nothing
     import jax
 
     if args.x64:
@@ -106,8 +147,6 @@ def cmd_run(args) -> int:
         args.n, args.dx, args.dy, args.m, seed=args.seed, noise=args.noise, dtype=dtype,
         homogeneous=not args.heterogeneous_hessian)
     params = sj.SLAMParams.create(args.alpha, args.beta, args.rho, args.gamma)
-    if args.steps % args.log_every:
-        args.steps += args.log_every - args.steps % args.log_every
     print(f"slamjax run: {graph!r}; quadratic bilevel problem d_x={args.dx}, d_y={args.dy}, "
           f"m={args.m}, noise σ={args.noise}, "
           f"{'heterogeneous' if args.heterogeneous_hessian else 'shared'} LL Hessians, "
@@ -127,28 +166,42 @@ def cmd_run(args) -> int:
         results[cfg.variant] = res
 
     names = ("grad_F_sq", "consensus_x", "consensus_y", "ll_error")
-    head = f"{'variant':8s} " + " ".join(f"{m:>12s}" for m in names) + \
+    head = f"{'variant':8s} {'step':>6s} " + " ".join(f"{m:>12s}" for m in names) + \
         f" {'steps/s':>10s} {'agent-steps/s':>14s} {'compile s':>9s}"
-    print("\nfinal metrics (step %d)" % args.steps)
+    print(f"\nfinal metrics (T={args.steps} requested; 'step' is the step whose values are "
+          "shown)")
     print(head)
     print("-" * len(head))
     for v, res in results.items():
         fin = res.final()
-        print(f"{v:8s} " + " ".join(f"{fin[m]:12.3e}" for m in names) +
+        shown = int(res.steps[-1])
+        print(f"{v:8s} {shown:6d} " + " ".join(f"{fin[m]:12.3e}" for m in names) +
               f" {res.steps_per_sec:10.1f} {res.steps_per_sec * args.n:14.3e}"
-              f" {res.compile_time:9.2f}" + (f"  DIVERGED at {res.diverged_at}"
-                                              if res.diverged_at else ""))
+              f" {res.compile_time:9.2f}" +
+              (f"  DIVERGED by step {res.diverged_at}: values from step {shown}, the last "
+               "finite log" if res.diverged_at is not None else ""))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"command": "slamjax " + " ".join(sys.argv[1:]), "config": vars(args),
             "graph": {"kind": graph.kind, "n": graph.n, "edges": graph.num_edges,
                       "lam_max": graph.lam_max},
             "backend": jax.default_backend(), "jax_version": jax.__version__}
     import json
+    import tempfile
 
-    payload = {**meta, "variants": {v: r.to_dict() for v, r in results.items()}}
-    (out / f"{args.name}.json").write_text(json.dumps(payload, indent=1, default=str))
-    print(f"\nwrote {out / (args.name + '.json')}", end="")
+    from slamjax.run import write_text
+
+    payload = json.dumps({**meta, "variants": {v: r.to_dict() for v, r in results.items()}},
+                         indent=1, default=str)
+    try:
+        path = write_text(out / f"{args.name}.json", payload)
+    except OSError as e:  # checked before the run, so only a change since: keep the results
+        fd, rescue = tempfile.mkstemp(prefix=f"slamjax-{args.name}-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(payload)
+        print(f"\nslamjax: error: could not write {out / (args.name + '.json')} ({e}); the "
+              f"results were saved to {rescue} instead", file=sys.stderr)
+        return 1
+    print(f"\nwrote {path}", end="")
     if not args.no_plot:
         from slamjax.plotting import plot_theorem1
 
@@ -157,7 +210,38 @@ def cmd_run(args) -> int:
                             title=f"{graph.kind} graph, n={graph.n}, T={args.steps}")
         print(f" and {png}", end="")
     print()
-    return 1 if any(r.diverged_at for r in results.values()) else 0
+    return 1 if any(r.diverged_at is not None for r in results.values()) else 0
+
+
+def _out_argument(argv: list[str]) -> tuple[str, str] | None:
+    """(flag, value) of the last ``--out``/``--out-dir`` in a script's arguments (argparse
+    semantics: the last one wins; ``--out=X`` and ``--out X``), or None."""
+    found = None
+    for i, a in enumerate(argv):
+        flag, eq, val = a.partition("=")
+        if flag in OUT_FLAGS:
+            if eq:
+                found = (flag, val)
+            elif i + 1 < len(argv):
+                found = (flag, argv[i + 1])
+    return found
+
+
+def check_script_outputs(script: str, argv: list[str]) -> None:
+    """A script's output place (its ``--out``, or the default ``results/``), checked before
+    the script runs: a file where a directory is expected (or the reverse), a path under a
+    file or an unwritable place is a ``ValueError`` naming the argument."""
+    from slamjax.run import check_output_dir, check_output_file
+
+    if "-h" in argv or "--help" in argv:
+        return
+    given = _out_argument(argv)
+    if given is None:
+        check_output_dir(REPO_ROOT / "results", "default output directory")
+    elif script in OUT_FILE_SCRIPTS:
+        check_output_file(Path(given[1]).with_suffix(".json"), given[0])
+    else:
+        check_output_dir(given[1], given[0])
 
 
 def _run_script(script: str, argv: list[str]) -> int:
@@ -165,6 +249,11 @@ def _run_script(script: str, argv: list[str]) -> int:
     if not path.exists():
         print(f"slamjax: {path} not found — this sub-command runs the experiment scripts of a "
               "source checkout (git clone, then `pip install -e .`).", file=sys.stderr)
+        return 2
+    try:
+        check_script_outputs(script, argv)
+    except ValueError as e:
+        print(f"slamjax: error: {e}", file=sys.stderr)
         return 2
     old = sys.argv
     sys.argv = [str(path)] + argv

@@ -16,6 +16,8 @@ from jax.experimental import checkify
 
 import slamjax as sj
 from slamjax import graphs
+from slamjax.cli import REPRODUCE, SCRIPTS
+from slamjax.cli import main as cli_main
 from slamjax.problems.quadratic import make_quadratic
 from slamjax.run import (CurvatureWarning, check_output_dir, check_output_file, checked,
                          compiled_programs, write_text)
@@ -112,6 +114,47 @@ def test_save_json_bad_path(setup, tmp_path):
     out = res.save_json(tmp_path / "ok" / "r.json", note=1)
     saved = json.loads(out.read_text())
     assert saved["note"] == 1 and saved["final_step"] == 20 and saved["num_steps"] == 20
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Any compute (a run, an experiment script) fails the test."""
+    def boom(*a, **k):
+        raise AssertionError("computed before checking the output place")
+
+    monkeypatch.setattr(sj, "run", boom)
+    monkeypatch.setattr("runpy.run_path", boom)
+
+
+def test_cli_run_bad_out_fails_before_compute(tmp_path, capsys, no_compute):
+    afile = tmp_path / "results.json"
+    afile.write_text("earlier results")
+    assert cli_main(["run", "--no-progress", "--out", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"slamjax: error: --out .*results.json is an existing file, not a "
+                     r"directory: pass a directory", err), err
+    assert cli_main(["run", "--no-progress", "--out", str(afile / "sub")]) == 2
+    assert "is a file, so nothing can be created under it" in capsys.readouterr().err
+    (tmp_path / "main.json").mkdir()  # the JSON's own name taken by a directory
+    assert cli_main(["run", "--no-progress", "--out", str(tmp_path)]) == 2
+    assert "main.json is a directory, but it names an output file" in capsys.readouterr().err
+    assert afile.read_text() == "earlier results"
+
+
+@pytest.mark.parametrize("cmd", [[c] for c in SCRIPTS] + [["reproduce", r] for r in REPRODUCE])
+def test_cli_scripts_bad_out_fail_before_running(cmd, tmp_path, capsys, no_compute):
+    afile = tmp_path / "afile"
+    afile.write_text("earlier results")
+    script = SCRIPTS.get(cmd[0]) or REPRODUCE[cmd[-1]][0]
+    if script in ("bench_grad.py", "tune_by_gradient.py"):  # --out names a JSON file
+        bad, msg = str(afile / "out.json"), "afile is a file, so nothing can be created"
+    else:
+        bad, msg = str(afile), "afile is an existing file, not a directory: pass a directory"
+    assert cli_main(cmd + ["--out", bad]) == 2
+    assert msg in capsys.readouterr().err
+    assert cli_main(cmd + [f"--out={afile}/x/y"]) == 2  # the --out=X spelling too
+    assert "afile is a file" in capsys.readouterr().err
+    assert afile.read_text() == "earlier results"
 
 
 # ----------------------------------------------------------------------------------------
@@ -242,6 +285,36 @@ def test_wrong_per_agent_shapes_name_the_expected_one(setup, entry):
                                          r"\(3,\): pass x0 of shape \(8, 3\)"):
         fn(setup, x0=jnp.zeros((N, 4)))
     assert compiled_programs() == before
+
+
+# ----------------------------------------------------------------------------------------
+# item 5: the command line runs exactly --steps and names the step it shows
+# ----------------------------------------------------------------------------------------
+def test_cli_steps_not_a_multiple_is_refused(capsys, no_compute, tmp_path):
+    assert cli_main(["run", "--steps", "30", "--log-every", "20", "--out", str(tmp_path)]) == 2
+    assert ("--steps 30 is not a multiple of --log-every 20: pass --steps 40 or --steps 20, "
+            "or --log-every 15 (a divisor of 30), or leave --log-every out"
+            in capsys.readouterr().err)
+
+
+def test_cli_runs_exactly_the_steps_asked_and_names_the_shown_step(tmp_path, capsys):
+    common = ["--n", "8", "--dx", "3", "--dy", "2", "--variant", "slam", "--no-progress",
+              "--no-plot", "--out", str(tmp_path)]
+    assert cli_main(["run", "--steps", "30", "--name", "exact"] + common) == 0
+    out = capsys.readouterr().out
+    run = json.loads((tmp_path / "exact.json").read_text())["variants"]["slam"]
+    assert run["steps"] == [0, 15, 30] and run["num_steps"] == 30 and run["final_step"] == 30
+    assert re.search(r"T=30 requested.*\n.*step.*\n-+\nslam\s+30\s", out), out
+    # diverges by step 20: the row shows step 0's values and says so
+    with pytest.warns(sj.DivergenceWarning):
+        rc = cli_main(["run", "--steps", "40", "--log-every", "20", "--beta", "1",
+                       "--name", "div"] + common)
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert re.search(r"\nslam\s+0\s.*DIVERGED by step 20: values from step 0, the last finite "
+                     r"log", out), out
+    run = json.loads((tmp_path / "div.json").read_text())["variants"]["slam"]
+    assert run["final_step"] == 0 and run["diverged_at"] == 20
 
 
 # ----------------------------------------------------------------------------------------
