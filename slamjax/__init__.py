@@ -10,7 +10,8 @@ from slamjax.graphs import Graph, laplacian_matvec, make_graph
 from slamjax.hypergrad import CG, Exact, Neumann, hypergradient, make_solver
 from slamjax.metrics import bilevel_metrics, consensus_error
 from slamjax.problem import BilevelProblem, ProblemData
-from slamjax.run import DivergenceWarning, RunResult, iterate, run, solve
+from slamjax.run import (CurvatureWarning, DivergenceWarning, RunResult, checked, iterate,
+                         run, solve)
 from slamjax.slam import (VARIANTS, SLAMConfig, SLAMParams, SLAMState, StabilityWarning, init,
                           primal_dual_update, scan_steps, slam, stability_bound, step, validate)
 from slamjax import baselines  # noqa: E402  (registers the peers)
@@ -18,10 +19,10 @@ from slamjax import baselines  # noqa: E402  (registers the peers)
 __version__ = "0.2.0"
 
 __all__ = [
-    "Algorithm", "BilevelProblem", "CG", "DivergenceWarning", "Exact", "Graph", "Neumann",
+    "Algorithm", "BilevelProblem", "CG", "CurvatureWarning", "DivergenceWarning", "Exact", "Graph", "Neumann",
     "ProblemData", "REGISTRY", "RunResult", "SLAMConfig", "SLAMParams", "SLAMState",
     "StabilityWarning", "Static", "VARIANTS", "baselines", "bilevel_metrics",
-    "consensus_error", "diff", "evaluate", "graphs", "hypergradient", "init", "iterate",
+    "checked", "consensus_error", "diff", "evaluate", "graphs", "hypergradient", "init", "iterate",
     "laplacian_matvec", "make_algorithm", "make_graph", "make_solver", "primal_dual_update",
     "register", "run", "scan_steps", "slam", "solve", "stability_bound", "step", "validate",
 ]
