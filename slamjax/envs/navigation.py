@@ -61,6 +61,33 @@ Differences from mpe2 (documented on purpose)
   ``simple_spread`` has no stochastic transition, and stepping after ``done``
   just keeps simulating with ``t`` counting past ``max_steps``.
 
+Heterogeneous-reward settings (not in mpe2; off by default, issue 13)
+---------------------------------------------------------------------
+Decentralized methods only differ when the agents' rewards differ; mpe2's rewards barely do.
+Two optional settings make them differ while keeping the team-average reward
+``R = (1/n) sum_i reward_i`` (:meth:`NavigationEnv.team_reward`, the reported return) equal
+to mpe2's:
+
+* ``reward_split="owner"``: agent ``i`` owns landmark ``i``'s coverage term,
+  ``cov_l = -min_a |p_a - q_l|`` (so ``sum_l cov_l = global``), and gets
+  ``(1 - local_ratio) * n * cov_i + local_ratio * local_i`` instead of the shared global term.
+* ``nuisance_scale = c > 0``: zero-sum nuisance ``reward_i += c * xi_i(s)``, where
+  ``xi(s) in R^n`` is a fixed random function of the (post-step) agent and landmark positions,
+  centred across agents so that ``sum_i xi_i = 0`` (to round-off): random Fourier features
+  ``f_i(z) = sum_k a_ik sqrt(2/K) cos(omega_k . z + b_k)`` of ``z`` = the 4n positions
+  (``omega_k ~ N(0, 3 I / (4n nuisance_lengthscale^2))``, so that ``omega_k . z`` has
+  variance ``1/nuisance_lengthscale^2`` for positions ``U(-1, 1)``: a smooth function a small
+  critic can fit, with a different mean for every agent; ``b_k ~ U(0, 2 pi)``,
+  ``a_ik ~ N(0, 1)``,
+  ``K = nuisance_features``, drawn from ``nuisance_seed`` with NumPy at construction), then
+  ``xi_i = sqrt(n/(n-1)) (f_i - mean_j f_j)`` (unit variance per agent for random ``z``). It
+  changes no one's optimum of the team objective, only what each agent's critic sees.
+  ``c`` is in reward units; ``slamjax.rl.team_reward_std`` estimates std(R) per step under the
+  random policy, to give ``c`` relative to it.
+
+With ``nuisance_scale=0`` and ``reward_split="shared"`` (the defaults) the rewards are
+mpe2's, bit for bit (the extra terms are not even traced).
+
 Layout: agents are on the leading axis of every per-agent array; the step has
 no Python loop over agents (pairwise forces use broadcasting), so it can be
 ``jax.jit``-ed and ``jax.vmap``-ed over thousands of environments.  The default
@@ -70,6 +97,8 @@ dtype is float32 (``dtype="float64"`` needs ``jax_enable_x64``).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -86,6 +115,8 @@ __all__ = [
     "global_obs",
     "agent_observations",
     "validate_actions",
+    "REWARD_SPLITS",
+    "nuisance_params",
 ]
 
 #: Size of the discrete action space (mpe2 ``Discrete(5)``).
@@ -93,6 +124,27 @@ NUM_ACTIONS = 5
 #: Meaning of each discrete action index, as mpe2 maps them.
 ACTION_NAMES = ("noop", "left", "right", "down", "up")
 _DTYPES = ("float32", "float64")
+#: ``NavigationEnv.reward_split`` values: mpe2's shared global term, or owner-split coverage.
+REWARD_SPLITS = ("shared", "owner")
+
+
+@functools.lru_cache(maxsize=64)
+def _nuisance_params_cached(n: int, seed: int, features: int, lengthscale: float):
+    rng = np.random.default_rng([int(seed), 13, int(n)])
+    # phases omega.z have variance 1/lengthscale^2 for z ~ U(-1, 1)^(4n) (var z_j = 1/3):
+    # a smooth function that a small critic can represent, with a non-zero mean per agent
+    omega = rng.normal(size=(features, 4 * n)) * math.sqrt(3.0 / (4 * n)) / lengthscale
+    phase = rng.uniform(0.0, 2.0 * np.pi, size=(features,))
+    amp = rng.normal(size=(n, features)) * math.sqrt(2.0 / features)
+    for a in (omega, phase, amp):
+        a.setflags(write=False)
+    return omega, phase, amp
+
+
+def nuisance_params(n: int, seed: int = 0, features: int = 32, lengthscale: float = 1.0):
+    """(omega (K, 4n), phase (K,), amplitude (n, K)) of the random-feature nuisance function
+    (float64 NumPy, read-only; the same numbers for the same arguments on every machine)."""
+    return _nuisance_params_cached(int(n), int(seed), int(features), float(lengthscale))
 
 
 class NavState(NamedTuple):
@@ -201,6 +253,10 @@ class NavigationEnv:
       auto_reset: if true, ``step`` returns a freshly reset state when the
         episode ends (see the module docstring).
       dtype: ``"float32"`` (default) or ``"float64"`` (needs x64 enabled).
+      reward_split: ``"shared"`` (mpe2, default) or ``"owner"`` (agent i owns landmark i's
+        coverage term; see the module docstring).
+      nuisance_scale, nuisance_seed, nuisance_features, nuisance_lengthscale: zero-sum
+        nuisance heterogeneity ``c * xi_i(s)`` (0 = off, the default; module docstring).
       The remaining fields are the physics constants of mpe2 (defaults equal
       mpe2's values; changing them breaks parity).
 
@@ -226,6 +282,11 @@ class NavigationEnv:
     agent_size: float = 0.15
     landmark_size: float = 0.05
     collision_penalty: float = 1.0
+    reward_split: str = "shared"
+    nuisance_scale: float = 0.0
+    nuisance_seed: int = 0
+    nuisance_features: int = 32
+    nuisance_lengthscale: float = 1.0
 
     def __post_init__(self):
         _check_n(self.n)
@@ -251,6 +312,25 @@ class NavigationEnv:
             object.__setattr__(self, name, float(getattr(self, name)))
         if self.mass <= 0 or self.contact_margin <= 0:
             raise ValueError("mass and contact_margin must be > 0")
+        if self.reward_split not in REWARD_SPLITS:
+            raise ValueError(f"reward_split must be one of {REWARD_SPLITS}, "
+                             f"got {self.reward_split!r}")
+        try:
+            c = float(self.nuisance_scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"nuisance_scale must be a float >= 0, got {self.nuisance_scale!r}") from None
+        if not (math.isfinite(c) and c >= 0.0):
+            raise ValueError(f"nuisance_scale must be a finite float >= 0, got {self.nuisance_scale!r}")
+        object.__setattr__(self, "nuisance_scale", c)
+        for name in ("nuisance_seed", "nuisance_features"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "nuisance_seed" else 1):
+                raise ValueError(f"{name} must be an int >= {0 if name == 'nuisance_seed' else 1}, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        ls = float(self.nuisance_lengthscale)
+        if not (math.isfinite(ls) and ls > 0):
+            raise ValueError(f"nuisance_lengthscale must be > 0, got {self.nuisance_lengthscale!r}")
+        object.__setattr__(self, "nuisance_lengthscale", ls)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -325,11 +405,50 @@ class NavigationEnv:
         return NavState(u[0], jnp.zeros((self.n, 2), dt), u[1], jnp.zeros((), jnp.int32))
 
     def rewards(self, state: NavState) -> jax.Array:
-        """Per-agent mpe2 reward of a (post-step) state, shape ``(n,)``."""
+        """Per-agent reward of a (post-step) state, shape ``(n,)`` (mpe2's by default)."""
         dt = self._jdtype()
         pos = state.agent_pos.astype(dt)
         lm = state.landmark_pos.astype(dt)
         return self._rewards_xy(pos[:, 0], pos[:, 1], lm[:, 0], lm[:, 1])
+
+    def team_reward(self, state: NavState) -> jax.Array:
+        """Team reward ``R = (1 - local_ratio) * global + local_ratio * mean_a local_a`` of a
+        (post-step) state, shape ``()``: the mean over agents of mpe2's rewards, and of the
+        rewards of every heterogeneous setting (to round-off). The reported return."""
+        dt = self._jdtype()
+        pos = state.agent_pos.astype(dt)
+        lm = state.landmark_pos.astype(dt)
+        cov, local = self._terms_xy(pos[:, 0], pos[:, 1], lm[:, 0], lm[:, 1])
+        return (jnp.sum(cov) * (1.0 - self.local_ratio)
+                + jnp.mean(local) * self.local_ratio).astype(dt)
+
+    def coverage(self, state: NavState) -> jax.Array:
+        """Per-landmark coverage ``cov_l = -min_a |p_a - q_l|``, shape ``(n,)``; sums to the
+        global term."""
+        dt = self._jdtype()
+        pos = state.agent_pos.astype(dt)
+        lm = state.landmark_pos.astype(dt)
+        return self._terms_xy(pos[:, 0], pos[:, 1], lm[:, 0], lm[:, 1])[0]
+
+    def nuisance(self, state: NavState) -> jax.Array:
+        """The zero-sum nuisance ``xi(s)``, shape ``(n,)`` (before the scale ``c``)."""
+        dt = self._jdtype()
+        pos = state.agent_pos.astype(dt)
+        lm = state.landmark_pos.astype(dt)
+        return self._nuisance_xy(pos[:, 0], pos[:, 1], lm[:, 0], lm[:, 1])
+
+    def _nuisance_xy(self, x, y, lx, ly):
+        dt = x.dtype
+        n = self.n
+        if n == 1:
+            return jnp.zeros((1,), dt)
+        omega, phase, amp = nuisance_params(n, self.nuisance_seed, self.nuisance_features,
+                                            self.nuisance_lengthscale)
+        # z in global_obs layout: agent (x, y) pairs, then landmark (x, y) pairs
+        z = jnp.concatenate([jnp.stack([x, y], -1).reshape(-1), jnp.stack([lx, ly], -1).reshape(-1)])
+        feats = jnp.cos(jnp.asarray(omega, dt) @ z + jnp.asarray(phase, dt))
+        f = jnp.asarray(amp, dt) @ feats
+        return (f - jnp.mean(f)) * jnp.asarray(math.sqrt(n / (n - 1.0)), dt)
 
     # The physics and rewards below work on separate x / y component arrays:
     # under vmap this keeps the tiny trailing axis of size 2 out of the
@@ -346,15 +465,28 @@ class NavigationEnv:
         dist = jnp.sqrt(jnp.where(self._offdiag(), sq, 1.0))
         return dx, dy, dist
 
-    def _rewards_xy(self, x, y, lx, ly):
+    def _terms_xy(self, x, y, lx, ly):
+        """(coverage per landmark (n,), local collision reward per agent (n,))."""
         dt = x.dtype
         d_al = jnp.sqrt(jnp.square(x[:, None] - lx[None, :]) + jnp.square(y[:, None] - ly[None, :]))
-        global_rew = -jnp.sum(jnp.min(d_al, axis=0))  # sum over landmarks of min over agents
+        cov = -jnp.min(d_al, axis=0)  # per landmark: min over agents
         _, _, dist = self._pair_dist(x, y)
         # mpe2 is_collision: dist < size_a + size_b (strict), self excluded
         collisions = jnp.sum((dist < 2.0 * self.agent_size) & self._offdiag(), axis=1).astype(dt)
         local_rew = -self.collision_penalty * collisions
-        return (global_rew * (1.0 - self.local_ratio) + local_rew * self.local_ratio).astype(dt)
+        return cov, local_rew
+
+    def _rewards_xy(self, x, y, lx, ly):
+        dt = x.dtype
+        cov, local_rew = self._terms_xy(x, y, lx, ly)
+        if self.reward_split == "owner":  # agent i owns landmark i: n * cov_i sums to n * global / n
+            glob = cov * jnp.asarray(self.n, dt)
+        else:
+            glob = jnp.sum(cov)  # sum over landmarks of min over agents (mpe2's global term)
+        rew = (glob * (1.0 - self.local_ratio) + local_rew * self.local_ratio).astype(dt)
+        if self.nuisance_scale != 0.0:
+            rew = rew + jnp.asarray(self.nuisance_scale, dt) * self._nuisance_xy(x, y, lx, ly)
+        return rew
 
     def step(self, key: jax.Array, state: NavState, actions) -> tuple[NavState, jax.Array, jax.Array]:
         """One synchronous step of all agents.
