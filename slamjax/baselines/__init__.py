@@ -16,19 +16,25 @@ Critic rules of the actor-critic baselines (used by :func:`slamjax.rl.run`):
 * DAC (Zhang et al., ICML 2018): local critic step + one mixing step — :mod:`.dac`.
 * MDAC (Chen et al., ICML 2022): mini-batch (B = 10) critic inner loop with mixing — :mod:`.mdac`.
 * Dec-PPO: PPO actors, DGD critics — :mod:`.dec_ppo`.
+* MDAC with a fresh minibatch per inner step (Chen et al.) — :mod:`.mdac`
+  (``mdac_fresh_critic_update``).
+* Controls: no communication, and a centralized critic on the team reward — :mod:`.controls`.
 
 All gossip goes through the communication object (:meth:`slamjax.Graph.mix`, Metropolis).
 """
 
+from slamjax.baselines.controls import (central_critic_step, central_critic_update,
+                                        local_critic_update)
 from slamjax.baselines.bias_free_slam import BiasFreeParams, BiasFreeState, bias_free_slam
 from slamjax.baselines.dac import dgd_critic_update
 from slamjax.baselines.dsgd import DSGDParams, DSGDState, dsgd
 from slamjax.baselines.dsgd_bilevel import DSGDBilevelParams, DSGDBilevelState, dsgd_bilevel
 from slamjax.baselines.dsoba import DSOBAParams, DSOBAState, dsoba
 from slamjax.baselines.dsoba_gt import DSOBAGTParams, DSOBAGTState, dsoba_gt
-from slamjax.baselines.mdac import mdac_critic_update
+from slamjax.baselines.mdac import mdac_critic_update, mdac_fresh_critic_update
 
 __all__ = ["BiasFreeParams", "BiasFreeState", "DSGDBilevelParams", "DSGDBilevelState",
            "DSGDParams", "DSGDState", "DSOBAGTParams", "DSOBAGTState", "DSOBAParams",
            "DSOBAState", "bias_free_slam", "dgd_critic_update", "dsgd", "dsgd_bilevel",
-           "dsoba", "dsoba_gt", "mdac_critic_update"]
+           "dsoba", "dsoba_gt", "mdac_critic_update", "mdac_fresh_critic_update",
+           "local_critic_update", "central_critic_update", "central_critic_step"]

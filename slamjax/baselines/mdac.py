@@ -21,6 +21,15 @@ i.i.d. shuffled mini-batches from on-policy episodes instead of one Markovian tr
 critics, and the actor uses the estimated team reward R̂ instead of noisy shared rewards.
 MDAC therefore performs 5× more critic gradient steps and 10 communication rounds per
 iteration, against 1 step and 1 round for SLAM-AC and DAC.
+
+Two variants (issue 13):
+
+* ``"mdac"`` / ``"dac_extra_mixing"`` — :func:`mdac_critic_update` above: the inner steps
+  split the actor's own minibatch, so to first order the inner loop is one DAC step on that
+  minibatch, followed by extra mixing ("DAC + extra mixing"). Kept for Figs 1 and 5.
+* ``"mdac_fresh"`` — :func:`mdac_fresh_critic_update`: as Chen et al., every inner step has
+  its own fresh minibatch of B = 10 transitions, drawn from the round independently of the
+  actor's minibatch (T_c = ``mdac_inner_steps`` = 5 by default, then 5 extra mixings).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from jax import lax
 
 from slamjax.graphs import Graph
 
-__all__ = ["mdac_critic_update"]
+__all__ = ["mdac_critic_update", "mdac_fresh_critic_update"]
 
 
 def mdac_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, config):
@@ -62,3 +71,33 @@ def mdac_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, conf
 def _td_sq(grad_fn, critic, batch):
     # diagnostics only: the gradient is discarded (XLA removes the unused part)
     return grad_fn(critic, batch)[1]
+
+
+def mdac_fresh_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, config):
+    """MDAC as Chen et al. (2022): T_c = ``config.mdac_inner_steps`` inner steps, each a local
+    TD / reward-regression step on its *own fresh* minibatch of B = ``config.mdac_batch``
+    transitions followed by one mixing round, then ``mdac_extra_consensus`` extra mixing
+    rounds.
+
+    ``batch`` has leaves of shape (T_c, B, ...): the iteration's fresh critic minibatches,
+    dealt out by :func:`slamjax.rl.train.iteration` from the round's transitions
+    independently of the actor's minibatch (so the actor's advantage is evaluated on samples
+    the critic did not just fit, and the critic's samples are not a split of the actor's).
+    Step: the per-sample step of every algorithm (1/β is the step on a mean of M samples, so a
+    B-sample inner step takes (B/M)/β). Returns (critic, dual, mean squared TD error per agent
+    on all T_c·B samples before the loop)."""
+    del key
+    B = config.mdac_batch
+    flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
+    tdsq0 = _td_sq(grad_fn, critic, flat)
+    lr = hp.critic_lr * (B / config.minibatch_size)
+
+    def inner(c, mb):
+        h, _ = grad_fn(c, mb)
+        local = jax.tree.map(lambda v, g: v - lr.astype(v.dtype) * g, c, h)
+        return graph.mix(local), None
+
+    critic, _ = lax.scan(inner, critic, batch)
+    if config.mdac_extra_consensus:
+        critic = graph.mix(critic, config.mdac_extra_consensus)
+    return critic, dual, tdsq0

@@ -4,7 +4,13 @@
   φ_i, the two LL tasks) by SLAM's primal–dual consensus, actors by eq. (212);
   :mod:`slamjax.rl.slam_ac`.
 * SLAM-PPO — the same critics, PPO actors; :mod:`slamjax.rl.ppo`.
-* Baselines DAC, MDAC and Dec-PPO live in :mod:`slamjax.baselines`.
+* Baselines DAC, MDAC (and MDAC with fresh minibatches, Chen et al.) and Dec-PPO live in
+  :mod:`slamjax.baselines`, with the controls (no communication, centralized critic).
+* Heterogeneous rewards (issue 13): ``ACConfig(reward_split="owner")`` and
+  ``ACConfig(nuisance_scale=nuisance_scale(n, c))`` (c in units of std(R)); sparse graphs:
+  ``make_rl_graph("ring" | "er_sparse", n)``, described by ``graph_info``; communication per
+  iteration: ``ACConfig.comm_rounds`` and ``comm_info``; ``ACConfig(track_central=True)`` logs
+  the critic errors against a reference centralized critic.
 
 ``run(algorithm, graph, hparams=..., seeds=5, num_updates=...)`` trains every
 (setting × seed) lane in one vmapped, jit-compiled program; ``make_train`` returns the pure
@@ -16,9 +22,11 @@ from slamjax.rl.core import (ALGORITHMS, ACConfig, ACHyperParams, TrainState, au
                              td_advantage)
 from slamjax.rl.nets import Actor, MLPHead, apply_agents, init_agents, reward_input
 from slamjax.rl.ppo import gae, ppo_actor_update
-from slamjax.rl.rollout import Transition, collect, episode_return, random_policy_return
+from slamjax.rl.rollout import (Transition, collect, episode_return, nuisance_scale,
+                                random_policy_return, team_reward_std)
 from slamjax.rl.slam_ac import actor_gradient_212, pg_actor_grads, slam_critic_update
-from slamjax.rl.train import (METRICS, RLResult, default_graph, init_state, iteration,
+from slamjax.rl.train import (CENTRAL_METRICS, GRAPH_KINDS, METRICS, RLResult, comm_info,
+                              default_graph, graph_info, init_state, iteration, make_rl_graph,
                               make_train, run)
 
 __all__ = [
@@ -28,4 +36,6 @@ __all__ = [
     "episode_return", "gae", "init_agents", "init_state", "iteration", "make_hparams",
     "make_train", "pg_actor_grads", "ppo_actor_update", "random_policy_return",
     "reward_input", "run", "slam_critic_update", "td_advantage",
+    "CENTRAL_METRICS", "GRAPH_KINDS", "comm_info", "graph_info", "make_rl_graph",
+    "nuisance_scale", "team_reward_std",
 ]

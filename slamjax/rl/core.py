@@ -46,13 +46,18 @@ from slamjax.graphs import Graph
 from slamjax.rl.nets import HIDDEN, Actor, MLPHead, apply_agents, reward_input
 from slamjax.slam import StabilityWarning, stability_bound
 
-__all__ = ["ALGORITHMS", "ACConfig", "ACHyperParams", "TrainState", "CriticBatch",
+__all__ = ["DISPLAY", "ALGORITHMS", "ACConfig", "ACHyperParams", "TrainState", "CriticBatch",
            "make_hparams", "auto_gamma", "canonical_algorithm", "critic_grads",
            "td_advantage", "check_actions"]
 
 #: algorithm -> (critic rule, actor rule). Critic rules: "slam" = SLAM-L primal-dual
 #: consensus (eq. (5a)+(4b)); "dgd" = local gradient step + one Metropolis mixing step
-#: (Zhang et al. 2018); "mdac" = mini-batch inner loop with mixing (Chen et al. 2022).
+#: (Zhang et al. 2018); "mdac" = the iteration's minibatch split into B-sample inner steps
+#: with mixing, then extra mixing (the figures' "MDAC"; also named "dac_extra_mixing");
+#: "mdac_fresh" = MDAC as Chen et al. 2022: every inner step on its own fresh B-sample
+#: minibatch, independent of the actor's; controls: "local" = no communication (local
+#: gradient steps only), "central" = one centralized critic fitted to the team reward
+#: (exact averaging; the ideal every consensus rule approximates).
 #: Actor rules: "pg" = eq. (212); "ppo" = clipped surrogate (Schulman et al. 2017).
 ALGORITHMS = {
     "slam_ac": ("slam", "pg"),
@@ -60,9 +65,18 @@ ALGORITHMS = {
     "mdac": ("mdac", "pg"),
     "slam_ppo": ("slam", "ppo"),
     "dec_ppo": ("dgd", "ppo"),
+    "dac_extra_mixing": ("mdac", "pg"),
+    "mdac_fresh": ("mdac_fresh", "pg"),
+    "nocomm_ac": ("local", "pg"),
+    "central_ac": ("central", "pg"),
+    "nocomm_ppo": ("local", "ppo"),
+    "central_ppo": ("central", "ppo"),
 }
 DISPLAY = {"slam_ac": "SLAM-AC", "dac": "DAC", "mdac": "MDAC", "slam_ppo": "SLAM-PPO",
-           "dec_ppo": "Dec-PPO"}
+           "dec_ppo": "Dec-PPO", "dac_extra_mixing": "DAC + extra mixing",
+           "mdac_fresh": "MDAC (fresh minibatches)", "nocomm_ac": "no communication",
+           "central_ac": "centralized critic", "nocomm_ppo": "PPO, no communication",
+           "central_ppo": "PPO, centralized critic"}
 
 
 def canonical_algorithm(name: str) -> str:
@@ -102,6 +116,18 @@ class ACConfig:
         in Algorithm 2: one LL step, then one UL step).
       mdac_batch: MDAC's critic mini-batch B (10, paper §4).
       mdac_extra_consensus: extra mixing rounds after MDAC's critic inner loop (5).
+      mdac_inner_steps: T_c, inner critic steps per iteration of ``mdac_fresh`` (5), each on
+        its own fresh minibatch of ``mdac_batch`` transitions; the round's transitions are
+        dealt out once to the K·T_c critic minibatches (so K·T_c·B ≤ E·T) and, independently,
+        once to the K actor minibatches.
+      reward_split, nuisance_scale, nuisance_seed: heterogeneous rewards of the environment
+        (``"shared"``, 0.0, 0: mpe2's rewards; see :class:`slamjax.envs.NavigationEnv`).
+        ``nuisance_scale`` is absolute (reward units); :func:`slamjax.rl.nuisance_scale`
+        converts a multiple of std(R).
+      track_central: also train, on the same minibatches, a reference centralized critic fitted
+        to the team reward, and log every agent's critic error against it on a fixed batch of
+        states (metrics ``value_err``, ``rhat_err`` and per agent ``value_err_agent``), plus
+        ``consensus_w`` (‖Aw‖², value critic only). Off by default (no extra compute).
       ppo_epochs, ppo_minibatches: PPO actor epochs over the iteration's batch and minibatches
         per epoch (4 and 4).
       local_ratio: weight of the local collision reward in R_i (0.5, the MPE default).
@@ -122,11 +148,16 @@ class ACConfig:
     critic_steps: int = 1
     mdac_batch: int = 10
     mdac_extra_consensus: int = 5
+    mdac_inner_steps: int = 5
     ppo_epochs: int = 4
     ppo_minibatches: int = 4
     local_ratio: float = 0.5
     actor_velocities: bool = False
     critic_velocities: bool = True
+    reward_split: str = "shared"
+    nuisance_scale: float = 0.0
+    nuisance_seed: int = 0
+    track_central: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "algorithm", canonical_algorithm(self.algorithm))
@@ -134,7 +165,7 @@ class ACConfig:
             raise ValueError(f"n (number of agents) must be an int >= 1, got {self.n!r}")
         object.__setattr__(self, "n", int(self.n))
         for name in ("num_envs", "max_steps", "hidden", "iters_per_round", "critic_steps",
-                     "mdac_batch",
+                     "mdac_batch", "mdac_inner_steps",
                      "ppo_epochs", "ppo_minibatches"):
             object.__setattr__(self, name, _pos_int(name, getattr(self, name)))
         object.__setattr__(self, "mdac_extra_consensus",
@@ -152,10 +183,20 @@ class ACConfig:
         if self.iters_per_round > self.batch_size:
             raise ValueError(f"iters_per_round={self.iters_per_round} exceeds the round's "
                              f"{self.batch_size} transitions")
-        if self.algorithm == "mdac" and self.mdac_batch > self.minibatch_size:
+        if self.critic_rule == "mdac" and self.mdac_batch > self.minibatch_size:
             raise ValueError(f"mdac_batch={self.mdac_batch} exceeds the iteration's minibatch "
                              f"of {self.minibatch_size} transitions")
-        NavigationEnv(self.n, max_steps=self.max_steps, local_ratio=self.local_ratio)  # checks
+        if (self.critic_rule == "mdac_fresh" and self.iters_per_round * self.mdac_inner_steps
+                * self.mdac_batch > self.batch_size):
+            raise ValueError(
+                f"mdac_fresh needs iters_per_round*mdac_inner_steps*mdac_batch = "
+                f"{self.iters_per_round * self.mdac_inner_steps * self.mdac_batch} fresh "
+                f"transitions per round but a round has only {self.batch_size}")
+        object.__setattr__(self, "track_central", bool(self.track_central))
+        env = self.env()  # checks reward_split / nuisance_*
+        object.__setattr__(self, "reward_split", env.reward_split)
+        object.__setattr__(self, "nuisance_scale", env.nuisance_scale)
+        object.__setattr__(self, "nuisance_seed", env.nuisance_seed)
 
     @property
     def batch_size(self) -> int:
@@ -187,7 +228,34 @@ class ACConfig:
         return DISPLAY[self.algorithm]
 
     def env(self) -> NavigationEnv:
-        return NavigationEnv(self.n, max_steps=self.max_steps, local_ratio=self.local_ratio)
+        return NavigationEnv(self.n, max_steps=self.max_steps, local_ratio=self.local_ratio,
+                             reward_split=self.reward_split, nuisance_scale=self.nuisance_scale,
+                             nuisance_seed=self.nuisance_seed)
+
+    @property
+    def comm_rounds(self) -> int | None:
+        """Communication rounds (each agent sends its critic parameters to every neighbour
+        once) per iteration, i.e. per actor step; ``None`` for the centralized critic (an exact
+        average: an all-reduce, not neighbour gossip). SLAM: one exchange of y per critic step
+        (L·y⁺ of the dual step is reused by the next primal step); DGD: one mixing per critic
+        step; MDAC: one mixing per inner step plus the extra mixings; no communication: 0."""
+        rule = self.critic_rule
+        if rule in ("slam", "dgd"):
+            return self.critic_steps
+        if rule == "mdac":
+            return self.minibatch_size // self.mdac_batch + self.mdac_extra_consensus
+        if rule == "mdac_fresh":
+            return self.mdac_inner_steps + self.mdac_extra_consensus
+        if rule == "local":
+            return 0
+        return None
+
+    @property
+    def critic_samples(self) -> int:
+        """Transitions behind the critic updates of one iteration (each counted once)."""
+        if self.critic_rule == "mdac_fresh":
+            return self.mdac_inner_steps * self.mdac_batch
+        return self.minibatch_size
 
     def nets(self):
         """(actor, value critic, reward estimator) modules."""
@@ -295,6 +363,8 @@ class TrainState(NamedTuple):
     dual: Any
     key: Any
     step: Any
+    central: Any = None  # reference centralized critic (ACConfig.track_central), else None
+    eval_batch: Any = None  # fixed CriticBatch of states for the critic errors, else None
 
 
 class CriticBatch(NamedTuple):

@@ -30,7 +30,8 @@ import numpy as np
 from slamjax.envs.navigation import NUM_ACTIONS, NavigationEnv, global_obs
 from slamjax.rl.nets import Actor, apply_agents
 
-__all__ = ["Transition", "collect", "episode_return", "random_policy_return", "state_features"]
+__all__ = ["Transition", "collect", "episode_return", "random_policy_return", "state_features",
+           "team_reward_std", "nuisance_scale"]
 
 
 class Transition(NamedTuple):
@@ -114,3 +115,38 @@ def random_policy_return(n: int, key=None, num_envs: int = 256, max_steps: int =
     key = jax.random.key(0) if key is None else key
     return float(_random_returns_fn(int(n), int(num_envs), int(max_steps),
                                     float(local_ratio))(key))
+
+
+@functools.lru_cache(maxsize=32)
+def _team_std_fn(n: int, num_envs: int, max_steps: int, local_ratio: float):
+    env = NavigationEnv(n, max_steps=max_steps, local_ratio=local_ratio)
+
+    def fn(k):
+        traj = collect(env, Actor(), None, k, num_envs)
+        return jnp.std(jnp.mean(traj.rewards, axis=-1))
+
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=64)
+def team_reward_std(n: int, key_seed: int = 0, num_envs: int = 1024, max_steps: int = 25,
+                    local_ratio: float = 0.5) -> float:
+    """std(R) of the per-step team reward R = (1/n) Σ_i R_i under the uniformly random joint
+    policy, over all steps of ``num_envs`` episodes from ``jax.random.key(key_seed)``
+    (mpe2's rewards; the heterogeneous settings have the same R). Deterministic and cached:
+    the unit of the nuisance scale c (issue 13: c ∈ {0, 0.5, 1}·std(R))."""
+    return float(_team_std_fn(int(n), int(num_envs), int(max_steps), float(local_ratio))(
+        jax.random.key(int(key_seed))))
+
+
+def nuisance_scale(n: int, relative: float, *, max_steps: int = 25,
+                   local_ratio: float = 0.5) -> float:
+    """Absolute nuisance scale c = ``relative`` · std(R) (:func:`team_reward_std`) for
+    ``ACConfig(nuisance_scale=...)`` / ``NavigationEnv(nuisance_scale=...)``."""
+    relative = float(relative)
+    if not (np.isfinite(relative) and relative >= 0):
+        raise ValueError(f"relative nuisance scale must be a finite float >= 0, got {relative}")
+    if relative == 0.0:
+        return 0.0
+    return relative * team_reward_std(int(n), max_steps=int(max_steps),
+                                      local_ratio=float(local_ratio))

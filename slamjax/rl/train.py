@@ -18,6 +18,16 @@ prints progress. Metrics are recorded at every update round:
 * ``td_sq`` — mean squared TD error of the value critics on the round's first minibatch,
   before its update;
 * ``entropy`` — mean policy entropy at the batch states.
+
+With ``ACConfig.track_central`` (off by default) a reference centralized critic (one copy,
+started from agent 0's initial critic) is trained on the same minibatches against the team
+reward, and every round also logs
+
+* ``consensus_w`` — ‖A w‖² of the value critics only;
+* ``value_err`` / ``rhat_err`` — mean over agents of the mean squared difference between agent
+  i's V (resp. R̂) and the reference's, on a fixed batch of states (400 states and joint actions
+  of the uniformly random policy from a fixed key, the same for every seed and algorithm);
+* ``value_err_agent`` — the same for V per agent, shape (n,) per round.
 """
 
 from __future__ import annotations
@@ -36,9 +46,11 @@ import numpy as np
 import optax
 from jax import lax
 
+from slamjax.baselines.controls import (central_critic_step, central_critic_update,
+                                        local_critic_update)
 from slamjax.baselines.dac import dgd_critic_update
-from slamjax.baselines.mdac import mdac_critic_update
-from slamjax.graphs import Graph, erdos_renyi
+from slamjax.baselines.mdac import mdac_critic_update, mdac_fresh_critic_update
+from slamjax.graphs import Graph, erdos_renyi, ring, spectral_gap
 from slamjax.run import drive
 from slamjax.rl.core import (ACConfig, ACHyperParams, TrainState, critic_grads, make_batch,
                              make_hparams, td_advantage)
@@ -48,14 +60,20 @@ from slamjax.rl.rollout import collect, episode_return, random_policy_return
 from slamjax.rl.slam_ac import pg_actor_grads, slam_critic_update
 
 __all__ = ["init_state", "iteration", "make_train", "run", "RLResult", "default_graph",
-           "METRICS", "FAST_COMPILE"]
+           "METRICS", "CENTRAL_METRICS", "FAST_COMPILE", "make_rl_graph", "graph_info",
+           "GRAPH_KINDS", "EVAL_KEY", "comm_info"]
 
 METRICS = ("return", "consensus", "td_sq", "entropy")
+#: extra metrics logged with ``ACConfig.track_central``
+CENTRAL_METRICS = ("consensus_w", "value_err", "rhat_err", "value_err_agent")
+#: key of the fixed batch of states on which the critic errors are measured
+EVAL_KEY = 20221
 
 
 #: critic rule name -> update function (all gossip goes through the graph's mix/laplacian)
 CRITIC_RULES = {"slam": slam_critic_update, "dgd": dgd_critic_update,
-                "mdac": mdac_critic_update}
+                "mdac": mdac_critic_update, "mdac_fresh": mdac_fresh_critic_update,
+                "local": local_critic_update, "central": central_critic_update}
 
 
 def _critic_rule(name: str):
@@ -82,8 +100,75 @@ def default_graph(n: int, seed: int = 0, p: float | None = None) -> Graph:
     raise ValueError(f"no connected Erdős–Rényi graph in 100 draws: {last}")
 
 
+#: graph kinds of the RL experiments (``make_rl_graph``)
+GRAPH_KINDS = ("er", "er_sparse", "ring", "complete")
+#: ``er_sparse``: G(n, p) with p = ER_SPARSE_FACTOR · ln(n)/n, just above the connectivity
+#: threshold ln(n)/n (``er`` uses 2 ln(n)/n)
+ER_SPARSE_FACTOR = 1.2
+
+
+def make_rl_graph(kind: str = "er", n: int = 3, seed: int = 0) -> Graph:
+    """Communication graph of an RL run: ``er`` = :func:`default_graph` (G(n, 2 ln n / n),
+    first connected draw; complete at n = 3), ``er_sparse`` = the first connected draw of
+    G(n, 1.2 ln n / n) from seed ``seed`` on (near the connectivity threshold), ``ring``,
+    ``complete``."""
+    kind = str(kind).lower().replace("-", "_")
+    if kind == "er":
+        return default_graph(n, seed)
+    if kind == "er_sparse":
+        p = min(1.0, ER_SPARSE_FACTOR * math.log(n) / n) if n > 2 else 1.0
+        return default_graph(n, seed, p=p)
+    if kind == "ring":
+        return ring(int(n))
+    if kind == "complete":
+        from slamjax.graphs import complete
+        return complete(int(n))
+    raise ValueError(f"unknown graph kind {kind!r}; choose one of {GRAPH_KINDS}")
+
+
+def graph_info(graph: Graph) -> dict:
+    """What a comparison must state about its graph: kind, n, edges, λ_max(L) and the spectral
+    gap 1 − |λ₂(W)| of the Metropolis matrix (0 for the empty graph: no mixing at all)."""
+    return {"kind": graph.kind, "n": graph.n, "num_edges": graph.num_edges,
+            "edges": graph.edges().tolist(), "lam_max": graph.lam_max,
+            "spectral_gap": spectral_gap(graph) if graph.n > 1 else 1.0}
+
+
+def comm_info(config: ACConfig, graph: Graph) -> dict:
+    """Communication per iteration (= per actor step) and per update round: rounds of
+    neighbour exchange and scalars sent (every agent sends both critic networks to each
+    neighbour once per round). The centralized critic is an all-reduce (rounds ``None``)."""
+    r = config.comm_rounds
+    shapes = jax.eval_shape(lambda k: init_state(config, _dummy_hparams(), k)[2],
+                            jax.random.key(0))
+    per_round_msgs = graph.messages(shapes)
+    K = config.iters_per_round
+    return {"rounds_per_iteration": r,
+            "rounds_per_update_round": None if r is None else r * K,
+            "scalars_per_iteration": None if r is None else r * per_round_msgs,
+            "critic_samples_per_iteration": config.critic_samples,
+            "actor_samples_per_iteration": config.minibatch_size,
+            "env_steps_per_update_round": config.batch_size}
+
+
+def _dummy_hparams() -> ACHyperParams:
+    return ACHyperParams(*(jnp.float32(1.0),) * len(ACHyperParams._fields))
+
+
+def _eval_batch(config: ACConfig):
+    """The fixed batch of the critic errors: one random-policy episode in each of 16
+    environments from ``EVAL_KEY`` (400 states s, joint actions, s')."""
+    traj = collect(config.env(), config.nets()[0], None, jax.random.key(EVAL_KEY), 16)
+    T, E = traj.obs.shape[:2]
+    flat = jax.tree.map(lambda x: x.reshape((T * E,) + x.shape[2:]), traj)
+    dc = config.critic_dim
+    return make_batch(flat.obs[:, :dc], flat.actions, flat.rewards, flat.next_obs[:, :dc])
+
+
 def init_state(config: ACConfig, hp: ACHyperParams, key) -> TrainState:
-    """Independent random networks for every agent (one key each); duals u = 0."""
+    """Independent random networks for every agent (one key each); duals u = 0. With
+    ``track_central``: the reference centralized critic (a copy of agent 0's initial critic)
+    and the fixed evaluation batch."""
     actor, vnet, rnet = config.nets()
     n = config.n
     ka, kw, kp, kr = jax.random.split(key, 4)
@@ -93,17 +178,32 @@ def init_state(config: ACConfig, hp: ACHyperParams, key) -> TrainState:
     critic = {"w": init_agents(vnet, kw, n, obs0), "phi": init_agents(rnet, kp, n, rin0)}
     dual = jax.tree.map(jnp.zeros_like, critic)
     opt = _tx(config, hp.actor_lr).init(actor_params)
-    return TrainState(actor_params, opt, critic, dual, kr, jnp.zeros((), jnp.int32))
+    if not config.track_central:
+        return TrainState(actor_params, opt, critic, dual, kr, jnp.zeros((), jnp.int32))
+    central = jax.tree.map(lambda x: x[:1], critic)
+    return TrainState(actor_params, opt, critic, dual, kr, jnp.zeros((), jnp.int32), central,
+                      _eval_batch(config))
+
+
+def _central_metrics(config, graph, critic, central, eb):
+    _, vnet, rnet = config.nets()
+    v = apply_agents(vnet, critic["w"], eb.obs)  # (n, B)
+    vc = apply_agents(vnet, central["w"], eb.obs)  # (1, B)
+    rh = apply_agents(rnet, critic["phi"], eb.rin)
+    rc = apply_agents(rnet, central["phi"], eb.rin)
+    v_agent = jnp.mean((v - vc) ** 2, axis=1)
+    return {"consensus_w": graph.disagreement(critic["w"]), "value_err": jnp.mean(v_agent),
+            "rhat_err": jnp.mean((rh - rc) ** 2), "value_err_agent": v_agent}
 
 
 def _pg_iteration(config, graph, hp, carry, mb, key):
     """One SLAM-L iteration on a minibatch: LL (critic rule), then UL (eq. (212)) at y^{r+1}."""
     actor_params, opt, critic, dual = carry
     actor, vnet, rnet = config.nets()
-    batch, actor_obs, actions = mb
+    (batch, actor_obs, actions), critic_mb = mb
     grad_fn = lambda c, b: critic_grads(vnet, rnet, c, b, hp.discount)  # noqa: E731
-    critic, dual, tdsq = _critic_rule(config.critic_rule)(critic, dual, grad_fn, batch, graph,
-                                                          hp, key, config)
+    critic, dual, tdsq = _critic_rule(config.critic_rule)(critic, dual, grad_fn, critic_mb,
+                                                          graph, hp, key, config)
     adv = td_advantage(vnet, rnet, critic, batch.obs, batch.rin, batch.next_obs, hp.discount)
     g = pg_actor_grads(actor, actor_params, actor_obs, actions, adv, hp.discount)
     upd, opt = _tx(config, hp.actor_lr).update(jax.tree.map(jnp.negative, g), opt, actor_params)
@@ -132,6 +232,16 @@ def iteration(config: ACConfig, graph: Graph, hp: ACHyperParams, state: TrainSta
     perm = jax.random.permutation(k_perm, T * E)[: K * M].reshape(K, M)
     mbs = jax.tree.map(lambda x: x[perm], (batch, actor_obs, flat.actions))
     crit_keys = jax.random.split(k_crit, K)
+    if config.critic_rule == "mdac_fresh":
+        # the critic's own fresh minibatches: (K, T_c, B), dealt out independently of the
+        # actor's (a key derived from k_perm, so the other algorithms' streams are unchanged)
+        Tc, B = config.mdac_inner_steps, config.mdac_batch
+        cperm = jax.random.permutation(jax.random.fold_in(k_perm, 1), T * E)
+        cperm = cperm[: K * Tc * B].reshape(K, Tc, B)
+        cmbs = jax.tree.map(lambda x: x[cperm], batch)
+    else:
+        cmbs = mbs[0]
+    grad_fn = lambda c, b: critic_grads(vnet, rnet, c, b, hp.discount)  # noqa: E731
 
     if config.actor_rule == "pg":
         def body(carry, xs):
@@ -139,17 +249,17 @@ def iteration(config: ACConfig, graph: Graph, hp: ACHyperParams, state: TrainSta
             return _pg_iteration(config, graph, hp, carry, mb, k)
 
         (actor_params, opt, critic, dual), tdsq = lax.scan(
-            body, (state.actor, state.actor_opt, state.critic, state.dual), (mbs, crit_keys))
+            body, (state.actor, state.actor_opt, state.critic, state.dual),
+            ((mbs, cmbs), crit_keys))
     else:
         rule = _critic_rule(config.critic_rule)
-        grad_fn = lambda c, b: critic_grads(vnet, rnet, c, b, hp.discount)  # noqa: E731
 
         def body(carry, xs):
-            (mb, _, _), k = xs
+            mb, k = xs
             c, d, td = rule(*carry, grad_fn, mb, graph, hp, k, config)
             return (c, d), jnp.mean(td)
 
-        (critic, dual), tdsq = lax.scan(body, (state.critic, state.dual), (mbs, crit_keys))
+        (critic, dual), tdsq = lax.scan(body, (state.critic, state.dual), (cmbs, crit_keys))
         adv = td_advantage(vnet, rnet, critic, batch.obs, batch.rin, batch.next_obs,
                            hp.discount)
         A = gae(adv.reshape(config.n, T, E), hp.discount, hp.gae_lambda).reshape(config.n, -1)
@@ -163,7 +273,17 @@ def iteration(config: ACConfig, graph: Graph, hp: ACHyperParams, state: TrainSta
     entropy = -jnp.mean(jnp.sum(p * jax.nn.log_softmax(logits), axis=-1))
     metrics = {"return": episode_return(traj), "consensus": graph.disagreement(critic),
                "td_sq": tdsq[0], "entropy": entropy}
-    new = TrainState(actor_params, opt, critic, dual, key, state.step + 1)
+    if not config.track_central:
+        return TrainState(actor_params, opt, critic, dual, key, state.step + 1), metrics
+
+    # reference centralized critic on the actor minibatches (team reward, same step)
+    def ref_body(c, mb):
+        return central_critic_step(c, grad_fn, mb, hp, config.critic_steps)[0], None
+
+    central, _ = lax.scan(ref_body, state.central, mbs[0])
+    metrics.update(_central_metrics(config, graph, critic, central, state.eval_batch))
+    new = TrainState(actor_params, opt, critic, dual, key, state.step + 1, central,
+                     state.eval_batch)
     return new, metrics
 
 
@@ -237,8 +357,8 @@ class RLResult:
             "config": dataclasses.asdict(self.config),
             "hparams": [{k: float(v) for k, v in h._asdict().items()} for h in self.hparams],
             "seeds": list(self.seeds),
-            "graph": {"kind": self.graph.kind, "n": self.graph.n,
-                      "edges": self.graph.edges().tolist(), "lam_max": self.graph.lam_max},
+            "graph": graph_info(self.graph),
+            "communication": comm_info(self.config, self.graph),
             "compile_time_s": self.compile_time,
             "run_time_s": self.run_time,
             "random_policy_return": self.random_return,
@@ -313,8 +433,10 @@ def run(algorithm: str | ACConfig = "slam_ac", graph: Graph | None = None, *,
 
     state, logs, run_time = drive(chunk_fn, state, sizes, desc=desc, progress=progress,
                                   unit="round", on_chunk=on_chunk)
-    metrics = {k: np.concatenate([np.asarray(m[k]) for m in logs], axis=-1).reshape(H, S, -1)
-               for k in logs[0]}
+    metrics = {}
+    for k in logs[0]:  # (H·S, rounds[, extra]) per chunk -> (H, S, rounds[, extra])
+        a = np.concatenate([np.asarray(m[k]) for m in logs], axis=1)
+        metrics[k] = a.reshape((H, S) + a.shape[1:])
     rand = random_policy_return(config.n, jax.random.key(12345), max_steps=config.max_steps,
                                 local_ratio=config.local_ratio)
     return RLResult(config, hparams, seeds, metrics, graph, compile_time, run_time, rand)
