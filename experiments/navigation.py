@@ -6,7 +6,21 @@
     python experiments/navigation.py --figure 7          # SLAM-PPO vs Dec-PPO, n = 3
     python experiments/navigation.py --figure all --quick   # every figure, small, -> results/quick/
     python experiments/navigation.py --figure ablation    # SLAM-AC: the choices we made
+    python experiments/navigation.py --figure mechanism --quick   # issue 13: critic consensus
     slamjax reproduce fig1                                # = --figure 1
+
+Issue-13 options (defaults keep every figure as it was): ``--graph ring|er_sparse|er``
+(communication graph; its spectral gap and λ_max are recorded per run), ``--actor sgd|adam``
+(plain actor steps as in Algorithm 2, 5e-3 on the minibatch mean = 1e-4 per sample, or Adam
+1e-4), ``--nuisance c`` (zero-sum reward heterogeneity c·std(R)), ``--reward-split owner``,
+``--controls`` (add the no-communication and centralized-critic controls), ``--track-central``
+(log ‖Aw‖² and every agent's critic error against a reference centralized critic).
+
+``--figure mechanism`` (issue 13, "must show", first bullet): ring, n = 6, nuisance
+c ∈ {0, 0.5, 1}·std(R), SLAM-AC and DAC next to both controls, plain SGD actors, every run
+tracking the reference centralized critic. It reports per c and algorithm the value critics'
+consensus error ‖Aw‖² and the critics' error against the centralized critic over the last 10 %
+of the rounds, and whether SLAM-AC's consensus error is below DAC's.
 
 Every figure writes ``results/fig<k>.json`` (``results/ablation.json`` for the ablation):
 configuration, per-seed learning curves binned over 10 update rounds, final-reward table,
@@ -69,7 +83,14 @@ FIGURES = {
               algorithms=["slam_ppo", "dec_ppo"], rounds=6000, quick_rounds=300),
     "ablation": dict(title="SLAM-AC ablations, n = 3",
                      ns=[3], algorithms=["slam_ac"], rounds=2000, quick_rounds=150),
+    "mechanism": dict(title="Mechanism: critic consensus under zero-sum reward heterogeneity, "
+                      "ring n = 6", ns=[6], algorithms=["slam_ac", "dac", "nocomm_ac",
+                                                        "central_ac"],
+                      rounds=1000, quick_rounds=150, nuisance=[0.0, 0.5, 1.0]),
 }
+#: plain-SGD actor step: the paper's 1e-4 per sample on a minibatch mean of M = 50 samples
+SGD_ACTOR_STEP = 5e-3
+CONTROLS = ["nocomm_ac", "central_ac"]
 #: ablation label -> (ACConfig overrides, make_hparams overrides)
 ABLATIONS = {
     "as implemented": ({}, {}),
@@ -141,14 +162,49 @@ def smooth(x: np.ndarray, w: int = SMOOTH_BINS) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 # running
 # ----------------------------------------------------------------------------------------
-def run_one(algorithm, n, rounds, seeds, args, hparams=None, graph=None, label=None):
-    graph = rl.default_graph(n) if graph is None else graph
+def config_kwargs(args, n: int, nuisance=None) -> dict:
+    """ACConfig overrides from the issue-13 options (empty with the defaults: figures unchanged).
+    ``nuisance`` (multiple of std(R)) overrides ``--nuisance``."""
+    kw = {}
+    c = args.nuisance if nuisance is None else nuisance
+    if c:
+        kw["nuisance_scale"] = rl.nuisance_scale(n, c)
+    if args.reward_split != "shared":
+        kw["reward_split"] = args.reward_split
+    if args.actor == "sgd":
+        kw["actor_optimizer"] = "sgd"
+    if args.track_central:
+        kw["track_central"] = True
+    if args.num_envs is not None:
+        kw["num_envs"] = args.num_envs
+    return kw
+
+
+def hparam_kwargs(args) -> dict:
+    kw = {}
+    if args.actor == "sgd":
+        kw["actor_lr"] = SGD_ACTOR_STEP
+    if args.rho is not None:
+        kw["rho"] = args.rho
+    return kw
+
+
+def make_graph(args, n):
+    return rl.make_rl_graph(args.graph, n)
+
+
+def run_one(algorithm, n, rounds, seeds, args, hparams=None, graph=None, label=None,
+            config_kw=None):
+    graph = make_graph(args, n) if graph is None else graph
     t0 = time.perf_counter()
     name = algorithm.algorithm if isinstance(algorithm, rl.ACConfig) else algorithm
+    if hparams is None and hparam_kwargs(args):
+        hparams = [rl.make_hparams(graph, **hparam_kwargs(args))]
+    kw = {} if isinstance(algorithm, rl.ACConfig) else {"n": n, **config_kwargs(args, n)}
+    kw.update(config_kw or {})
     res = rl.run(algorithm, graph, hparams=hparams, seeds=seeds, num_updates=rounds,
                  chunk=args.chunk, progress=not args.no_progress,
-                 desc=label or f"{DISPLAY[name]} n={n}", fast_compile=args.quick,
-                 **({} if isinstance(algorithm, rl.ACConfig) else {"n": n}))
+                 desc=label or f"{DISPLAY[name]} n={n}", fast_compile=args.quick, **kw)
     wall = time.perf_counter() - t0
     print(f"  {label or DISPLAY[name]} (n={n}): compile {res.compile_time:.1f}s, run "
           f"{res.run_time:.1f}s, total {wall:.1f}s", flush=True)
@@ -170,8 +226,17 @@ def entry(res, h: int, wall: float, extra=None) -> dict:
          "hparams": {k: float(v) for k, v in res.hparams[h]._asdict().items()},
          "compile_time_s": res.compile_time, "run_time_s": res.run_time, "wall_time_s": wall,
          "random_policy_return": res.random_return,
-         "graph": {"n": res.graph.n, "edges": res.graph.edges().tolist(),
-                   "lam_max": res.graph.lam_max}}
+         "graph": rl.graph_info(res.graph),
+         "communication": rl.comm_info(res.config, res.graph),
+         "config": {k: v for k, v in __import__("dataclasses").asdict(res.config).items()}}
+    if res.config.track_central:
+        w = final_window(ret.shape[1])
+        for k in ("consensus_w", "value_err", "rhat_err"):
+            v = np.array(res.metrics[k][h], dtype=float)  # (S, U)
+            d[f"{k}_binned"] = binned(v)
+            d[f"{k}_final_per_seed"] = v[:, -w:].mean(axis=1).tolist()
+        va = np.array(res.metrics["value_err_agent"][h], dtype=float)  # (S, U, n)
+        d["value_err_agent_final"] = va[:, -w:].mean(axis=1).tolist()  # (S, n)
     if extra:
         d.update(extra)
     return d
@@ -183,9 +248,23 @@ def figure_runs(fig: str, args):
     seeds = list(range(args.seeds))
     runs, raw = {}, {}
     for n in spec["ns"]:
-        graph = rl.default_graph(n)
-        print(f"{spec['title']}: n={n}, graph {graph!r}, {rounds} rounds x "
+        graph = make_graph(args, n)
+        print(f"{spec['title']}: n={n}, graph {graph!r} (spectral gap "
+              f"{rl.graph_info(graph)['spectral_gap']:.3f}), {rounds} rounds x "
               f"{args.seeds} seeds", flush=True)
+        if fig == "mechanism":
+            algs = args.algorithms.split(",") if args.algorithms else spec["algorithms"]
+            std = rl.team_reward_std(n)
+            for c in spec["nuisance"]:
+                for alg in algs:
+                    kw = config_kwargs(args, n, nuisance=c)
+                    kw["track_central"] = True
+                    res, wall = run_one(alg, n, rounds, seeds, args, graph=graph,
+                                        label=f"{DISPLAY[alg]} c={c:g}", config_kw=kw)
+                    runs[f"{alg}@c={c:g}"] = entry(res, 0, wall, {
+                        "algorithm": alg, "n": n, "nuisance_rel": c,
+                        "nuisance_abs": kw.get("nuisance_scale", 0.0), "team_reward_std": std})
+            continue
         if fig == "ablation":
             for lab, (ckw, hkw) in ABLATIONS.items():
                 cfg = rl.ACConfig("slam_ac", n=n, **ckw)
@@ -213,7 +292,11 @@ def figure_runs(fig: str, args):
                                                  "setting": lab})
                 raw[lab] = res
         else:
-            for alg in spec["algorithms"]:
+            algs = (args.algorithms.split(",") if args.algorithms else spec["algorithms"])
+            algs = algs + ([a for a in CONTROLS if a not in algs] if args.controls else [])
+            if args.controls and fig == "7":
+                algs = [a.replace("_ac", "_ppo") if a in CONTROLS else a for a in algs]
+            for alg in algs:
                 res, wall = run_one(alg, n, rounds, seeds, args, graph=graph)
                 key = f"{alg}@n={n}" if len(spec["ns"]) > 1 else alg
                 runs[key] = entry(res, 0, wall, {"algorithm": alg, "n": n})
@@ -225,6 +308,8 @@ def comparisons(fig: str, runs: dict) -> list:
     out = []
 
     def add(a, b, label):
+        if a not in runs or b not in runs:  # --algorithms left one of them out
+            return
         for what in ("final", "auc"):
             p = paired(runs[a]["summary"][f"{what}_per_seed"],
                        runs[b]["summary"][f"{what}_per_seed"])
@@ -247,16 +332,47 @@ def comparisons(fig: str, runs: dict) -> list:
         for lab in runs:
             if lab != "as implemented":
                 add("as implemented", lab, f"as implemented − [{lab}]")
+    elif fig == "mechanism":
+        for c in sorted({r["nuisance_rel"] for r in runs.values()}):
+            a, b = f"slam_ac@c={c:g}", f"dac@c={c:g}"
+            if a in runs and b in runs:
+                # positive = DAC's consensus error above SLAM-AC's (log10 ratio per seed)
+                la = np.log10(np.maximum(runs[a]["consensus_w_final_per_seed"], 1e-30))
+                lb = np.log10(np.maximum(runs[b]["consensus_w_final_per_seed"], 1e-30))
+                out.append({"comparison": f"log10 ‖Aw‖²: DAC − SLAM-AC (c={c:g})",
+                            "metric": "cons", **paired(lb, la)})
     return out
 
 
 # ----------------------------------------------------------------------------------------
 # output
 # ----------------------------------------------------------------------------------------
+def print_mechanism(runs):
+    print("\nCritic consensus ‖Aw‖² and error against the centralized critic (mean over the "
+          "last 10% of rounds; mean ± std over seeds)")
+    r0 = next(iter(runs.values()))
+    print(f"graph {r0['graph']['kind']} n={r0['graph']['n']}: spectral gap "
+          f"{r0['graph']['spectral_gap']:.3f}, λ_max(L) {r0['graph']['lam_max']:.3f}; "
+          f"std(R) = {r0['team_reward_std']:.4f} per step")
+    print(f"{'c/std(R)':>8s} {'algorithm':22s} {'‖Aw‖²':>20s} {'value err':>20s} "
+          f"{'R̂ err':>18s} {'return':>16s} {'rounds/it':>9s}")
+    for k, r in runs.items():
+        cw, ve, re = (_mstd(r[f"{m}_final_per_seed"]) for m in ("consensus_w", "value_err",
+                                                                  "rhat_err"))
+        s = r["summary"]
+        cr = r["communication"]["rounds_per_iteration"]
+        print(f"{r['nuisance_rel']:8.2f} {DISPLAY[r['algorithm']]:22s} {cw[0]:9.3g} ± {cw[1]:8.2g}"
+              f" {ve[0]:9.3g} ± {ve[1]:8.2g} {re[0]:8.3g} ± {re[1]:7.2g} "
+              f"{s['final_mean']:7.2f} ± {s['final_std']:5.2f} {'all' if cr is None else cr:>9}")
+
+
 def print_tables(fig, runs, comps):
+    if fig == "mechanism":
+        print_mechanism(runs)
     print(f"\nFinal reward (mean over the last 10% of rounds; mean ± std over seeds) — Fig. {fig}")
     names = {k: r.get("setting") or f"{DISPLAY[r['algorithm']]}" + (
-        f" n={r['n']}" if fig == "5" else "") for k, r in runs.items()}
+        f" n={r['n']}" if fig == "5" else "") + (
+        f" c={r['nuisance_rel']:g}" if "nuisance_rel" in r else "") for k, r in runs.items()}
     wd = max(24, *(len(v) for v in names.values()))
     print(f"{'run':{wd}s} {'final':>18s} {'AUC':>18s} {'initial':>9s} {'random':>8s} "
           f"{'wall s':>7s} {'diverged':>8s}")
@@ -293,8 +409,30 @@ def plot(fig, spec, rounds, runs, path):
         line, = ax.plot(x, m, label=label, color=color, ls=ls, lw=1.4)
         ax.fill_between(x, m - s, m + s, color=line.get_color(), alpha=0.2, lw=0)
 
-    colors = {"slam_ac": "C3", "dac": "C0", "mdac": "C2", "slam_ppo": "C3", "dec_ppo": "C0"}
-    if fig in ("1", "7"):
+    colors = {"slam_ac": "C3", "dac": "C0", "mdac": "C2", "slam_ppo": "C3", "dec_ppo": "C0",
+              "dac_extra_mixing": "C2", "mdac_fresh": "C4", "nocomm_ac": "C7",
+              "central_ac": "k", "nocomm_ppo": "C7", "central_ppo": "k"}
+    if fig == "mechanism":
+        cs = sorted({r["nuisance_rel"] for r in runs.values()})
+        f, axes = plt.subplots(2, len(cs), figsize=(4.2 * len(cs), 6.4), squeeze=False)
+        for j, c in enumerate(cs):
+            for k, r in runs.items():
+                if r["nuisance_rel"] != c:
+                    continue
+                col = colors.get(r["algorithm"])
+                for i, m in enumerate(("consensus_w", "value_err")):
+                    v = np.maximum(np.array(r[f"{m}_binned"], dtype=float), CONS_FLOOR)
+                    x = (np.arange(v.shape[1]) + 1) * BIN
+                    axes[i, j].semilogy(x, np.exp(np.nanmean(np.log(v), 0)), color=col,
+                                        label=DISPLAY[r["algorithm"]])
+            axes[0, j].set_title(f"c = {c:g}·std(R)")
+            for i in range(2):
+                axes[i, j].grid(alpha=0.3)
+                axes[1, j].set_xlabel("update round (16 episodes each)")
+        axes[0, 0].set_ylabel(r"value-critic consensus $\|Aw\|^2$ (geo. mean)")
+        axes[1, 0].set_ylabel("value error vs centralized critic")
+        axes[0, 0].legend(fontsize=7)
+    elif fig in ("1", "7"):
         f, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         for k, r in runs.items():
             band(axes[0], r, DISPLAY[r["algorithm"]], colors[r["algorithm"]])
@@ -376,8 +514,19 @@ def run_figure(fig: str, args) -> dict:
                     "critic_inputs": "positions + agent velocities (6n)",
                     "actor_inputs": "positions (4n)"},
         "wall_time_s": wall, "runs": runs, "paired": comps,
+        "options": {"graph": args.graph, "actor": args.actor, "nuisance": args.nuisance,
+                    "reward_split": args.reward_split, "controls": bool(args.controls),
+                    "track_central": bool(args.track_central), "rho": args.rho,
+                    "num_envs": args.num_envs,
+                    "algorithms": args.algorithms},
     }
-    stem = "ablation" if fig == "ablation" else f"fig{fig}"
+    if fig == "mechanism" or args.actor == "sgd":
+        payload["setting"]["actor"] = f"plain SGD, step {SGD_ACTOR_STEP:g} on the minibatch mean"
+    if args.graph != "er":
+        payload["setting"]["graph"] = args.graph
+    if args.rho is not None:
+        payload["setting"]["rho"] = args.rho
+    stem = fig if fig in ("ablation", "mechanism") else f"fig{fig}"
     write_json(out / f"{stem}.json", payload)
     print_tables(fig, runs, comps)
     if not args.no_plot:
@@ -388,11 +537,34 @@ def run_figure(fig: str, args) -> dict:
     return payload
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
+    """Parsed options with the per-figure defaults filled in (``--graph`` er and ``--actor``
+    adam for the paper figures, ring and sgd for ``mechanism``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--figure", default="1", choices=["1", "5", "6", "7", "all", "ablation"],
-                   help="paper figure (all = 1, 7, 5, 6); 'ablation' = SLAM-AC design choices")
+    p.add_argument("--figure", default="1",
+                   choices=["1", "5", "6", "7", "all", "ablation", "mechanism"],
+                   help="paper figure (all = 1, 7, 5, 6); 'ablation' = SLAM-AC design choices; "
+                        "'mechanism' = critic consensus under reward heterogeneity (issue 13)")
+    p.add_argument("--graph", default=None, choices=list(rl.GRAPH_KINDS),
+                   help="communication graph (er: G(n, 2 ln n/n), the figures' default; "
+                        "er_sparse: G(n, 1.2 ln n/n); ring — the mechanism's default)")
+    p.add_argument("--actor", default=None, choices=["adam", "sgd"],
+                   help="actor steps: adam 1e-4 (figures 1-7 default) or plain sgd 5e-3 on the "
+                        "minibatch mean (Algorithm 2; the mechanism's default)")
+    p.add_argument("--nuisance", type=float, default=0.0,
+                   help="zero-sum reward heterogeneity c in units of std(R) (0: mpe2's rewards)")
+    p.add_argument("--reward-split", default="shared", choices=["shared", "owner"],
+                   help="owner: agent i owns landmark i's coverage term")
+    p.add_argument("--controls", action="store_true",
+                   help="add the no-communication and centralized-critic controls")
+    p.add_argument("--track-central", action="store_true",
+                   help="log ‖Aw‖² and the critics' errors against a reference centralized critic")
+    p.add_argument("--rho", type=float, default=None, help="SLAM's ρ (default: the paper's 0.1)")
+    p.add_argument("--num-envs", type=int, default=None,
+                   help="episodes per update round (default 16; minibatch M = 25·E/8)")
+    p.add_argument("--algorithms", default=None,
+                   help="comma-separated algorithms (default: the figure's)")
     p.add_argument("--quick", action="store_true",
                    help="few rounds, unoptimised fast compile (a smoke run, minutes)")
     p.add_argument("--seeds", type=int, default=5, help="Monte-Carlo trials (5)")
@@ -414,10 +586,30 @@ def main(argv=None) -> int:
         p.error("--chunk must be >= 1")
     if args.out is None:
         args.out = str(ROOT / "results" / "quick") if args.quick else str(ROOT / "results")
+    mech = args.figure == "mechanism"
+    args.graph = args.graph or ("ring" if mech else "er")
+    args.actor = args.actor or ("sgd" if mech else "adam")
+    if args.nuisance < 0:
+        p.error("--nuisance must be >= 0")
+    if args.num_envs is not None and args.num_envs < 1:
+        p.error("--num-envs must be >= 1")
+    if args.rho is not None and not args.rho > 0:
+        p.error("--rho must be > 0")
+    if args.algorithms:
+        for a in args.algorithms.split(","):
+            try:
+                rl.canonical_algorithm(a)
+            except ValueError as e:
+                p.error(str(e))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     figs = ["1", "7", "5", "6"] if args.figure == "all" else [args.figure]
     if args.replot:
         for fig in figs:
-            stem = "ablation" if fig == "ablation" else f"fig{fig}"
+            stem = fig if fig in ("ablation", "mechanism") else f"fig{fig}"
             d = json.loads((Path(args.out) / f"{stem}.json").read_text())
             print_tables(fig, d["runs"], d["paired"])
             plot(fig, FIGURES[fig], d["rounds"], d["runs"], Path(args.out) / f"{stem}.png")

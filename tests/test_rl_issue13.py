@@ -205,3 +205,29 @@ def test_nuisance_scale_is_relative_to_the_team_reward_std():
     assert env.nuisance_scale == 0.4 and env.reward_split == "owner"
     with pytest.raises(ValueError, match="reward_split"):
         rl.ACConfig("dac", reward_split="mine")
+
+
+def test_experiment_defaults_leave_the_figures_unchanged():
+    """experiments/navigation.py: the issue-13 options add nothing to the paper figures unless
+    asked for; the mechanism mode defaults to a ring and plain SGD actors."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "navigation.py"
+    spec = importlib.util.spec_from_file_location("_nav_exp", path)
+    nav = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nav)
+    for fig in ("1", "5", "6", "7", "ablation"):
+        args = nav.parse_args(["--figure", fig])
+        assert (args.graph, args.actor) == ("er", "adam")
+        assert nav.config_kwargs(args, 3) == {} and nav.hparam_kwargs(args) == {}
+    args = nav.parse_args(["--figure", "mechanism"])
+    assert (args.graph, args.actor) == ("ring", "sgd")
+    assert nav.config_kwargs(args, 6) == {"actor_optimizer": "sgd"}
+    assert nav.hparam_kwargs(args) == {"actor_lr": nav.SGD_ACTOR_STEP}
+    args = nav.parse_args(["--figure", "5", "--graph", "er_sparse", "--nuisance", "0.5",
+                           "--reward-split", "owner", "--track-central"])
+    kw = nav.config_kwargs(args, 6)
+    assert kw["nuisance_scale"] == pytest.approx(0.5 * rl.team_reward_std(6))
+    assert kw["reward_split"] == "owner" and kw["track_central"]
+    assert nav.make_graph(args, 6).kind == "erdos_renyi"

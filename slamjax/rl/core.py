@@ -125,7 +125,7 @@ class ACConfig:
         ``nuisance_scale`` is absolute (reward units); :func:`slamjax.rl.nuisance_scale`
         converts a multiple of std(R).
       track_central: also train, on the same minibatches, a reference centralized critic fitted
-        to the team reward, and log every agent's critic error against it on a fixed batch of
+        to the team reward (started from the average of the agents' initial critics), and log every agent's critic error against it on a fixed batch of
         states (metrics ``value_err``, ``rhat_err`` and per agent ``value_err_agent``), plus
         ``consensus_w`` (‖Aw‖², value critic only). Off by default (no extra compute).
       ppo_epochs, ppo_minibatches: PPO actor epochs over the iteration's batch and minibatches

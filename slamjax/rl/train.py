@@ -20,7 +20,7 @@ prints progress. Metrics are recorded at every update round:
 * ``entropy`` — mean policy entropy at the batch states.
 
 With ``ACConfig.track_central`` (off by default) a reference centralized critic (one copy,
-started from agent 0's initial critic) is trained on the same minibatches against the team
+started from the average of the agents' initial critics) is trained on the same minibatches against the team
 reward, and every round also logs
 
 * ``consensus_w`` — ‖A w‖² of the value critics only;
@@ -167,8 +167,8 @@ def _eval_batch(config: ACConfig):
 
 def init_state(config: ACConfig, hp: ACHyperParams, key) -> TrainState:
     """Independent random networks for every agent (one key each); duals u = 0. With
-    ``track_central``: the reference centralized critic (a copy of agent 0's initial critic)
-    and the fixed evaluation batch."""
+    ``track_central``: the reference centralized critic (the average of the agents' initial
+    critics) and the fixed evaluation batch."""
     actor, vnet, rnet = config.nets()
     n = config.n
     ka, kw, kp, kr = jax.random.split(key, 4)
@@ -180,7 +180,10 @@ def init_state(config: ACConfig, hp: ACHyperParams, key) -> TrainState:
     opt = _tx(config, hp.actor_lr).init(actor_params)
     if not config.track_central:
         return TrainState(actor_params, opt, critic, dual, kr, jnp.zeros((), jnp.int32))
-    central = jax.tree.map(lambda x: x[:1], critic)
+    # the reference starts at the agents' average critic: Metropolis mixing (doubly
+    # stochastic) and SLAM (duals summing to zero) both move the network average by the
+    # average gradient, so this is where every consensus rule's average starts too
+    central = jax.tree.map(lambda x: jnp.mean(x, axis=0, keepdims=True), critic)
     return TrainState(actor_params, opt, critic, dual, kr, jnp.zeros((), jnp.int32), central,
                       _eval_batch(config))
 
