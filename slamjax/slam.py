@@ -99,6 +99,11 @@ class SLAMConfig:
     minibatch for the LL step (h_g) and an independent one for the hypergradient (h_f); ``1``
     uses the LL step's minibatch for both (half the samples; h_f is then correlated with the
     y-step it follows). The ``"minibatches"`` counter reports what was drawn.
+
+    ``shared_operators``: ``True`` (default) lets the eq.-(23) solve materialise ∇²_yy g and
+    ∇²_xy g once per step as dense matrices when they depend on ``data.shared`` only (decided
+    from their jaxprs; see :mod:`slamjax.hypergrad`), so the K products are one row-major GEMM
+    over all agents; ``False`` keeps per-agent products. Same numbers up to round-off.
     """
 
     variant: str = "slam"
@@ -107,6 +112,7 @@ class SLAMConfig:
     consensus_y: Any = None
     agent_block: int | None = None
     minibatches: int = 2
+    shared_operators: bool = True
 
     def __post_init__(self):
         v = _ALIASES.get(self.variant.lower(), self.variant.lower())
@@ -126,6 +132,10 @@ class SLAMConfig:
             raise ValueError(f"minibatches must be 1 (one minibatch per agent and step, shared "
                              f"by h_g and h_f) or 2 (independent ones), got {self.minibatches!r}")
         object.__setattr__(self, "minibatches", int(self.minibatches))
+        if not isinstance(self.shared_operators, (bool, np.bool_)):
+            raise ValueError(f"shared_operators must be True or False, got "
+                             f"{self.shared_operators!r}")
+        object.__setattr__(self, "shared_operators", bool(self.shared_operators))
         for name in ("consensus_x", "consensus_y"):
             val = getattr(self, name)
             if isinstance(val, list):
@@ -277,11 +287,14 @@ def _slam_step(static, graph, key, state: SLAMState, params: SLAMParams, data):
     batch_f = batch_g if config.minibatches == 1 else vsample(jax.random.split(kf, n), data)
     block = config.agent_block
 
-    h_g = _per_agent(lambda x, y, d, b: lower_grad(problem, x, y, d, b), block, n,
-                     state.x, state.y, data, batch_g)
+    h_g = _per_agent(lambda x, y, d, b: lower_grad(problem, x, y, d, b, n_agents=n,
+                                                   shared_dense=config.shared_operators),
+                     block, n, state.x, state.y, data, batch_g)
     y, u_y, lap_y = _primal_dual(state.y, h_g, state.u_y, mask_y, graph, 1.0 / params.beta,
                                  params.rho, params.gamma, state.lap_y)
-    h_f = _per_agent(lambda x, y, d, b: hypergradient(problem, x, y, d, b, config.solver),
+    h_f = _per_agent(lambda x, y, d, b: hypergradient(problem, x, y, d, b, config.solver,
+                                                      n_agents=n,
+                                                      shared_dense=config.shared_operators),
                      block, n, state.x, y, data, batch_f)
     x, u_x, lap_x = _primal_dual(state.x, h_f, state.u_x, mask_x, graph, 1.0 / params.alpha,
                                  params.rho, params.gamma, state.lap_x)

@@ -51,8 +51,10 @@ def _build(homogeneous: bool, stochastic: bool) -> BilevelProblem:
     def g(x, y, data, batch):
         H, B = _HB(data, homogeneous)
         b = data.agents["b"]
-        quad = 0.5 * jnp.einsum("ki,kij,kj->", y, H, y)
-        lin = jnp.vdot(y, jnp.einsum("kij,j->ki", B, x) + b)
+        # products written agent-row-major (v·Hᵀ, not H·v): under vmap over agents the agent
+        # axis stays the row axis of each GEMM, so XLA needs no transposes around them
+        quad = 0.5 * jnp.vdot(y, jnp.einsum("kj,kij->ki", y, H))
+        lin = jnp.vdot(y, jnp.einsum("j,kij->ki", x, B) + b)
         val = quad - lin
         if batch is not None:
             val = val + jnp.vdot(batch["y"], y)
@@ -60,7 +62,7 @@ def _build(homogeneous: bool, stochastic: bool) -> BilevelProblem:
 
     def f(x, y, data, batch):
         P = data.shared["P"]
-        val = 0.5 * x @ P @ x + data.agents["p"] @ x + 0.5 * jnp.sum((y - data.agents["t"]) ** 2)
+        val = 0.5 * jnp.vdot(x, x @ P) + data.agents["p"] @ x + 0.5 * jnp.sum((y - data.agents["t"]) ** 2)
         if batch is not None:
             val = val + jnp.vdot(batch["x"], x) + jnp.vdot(batch["y"], y)
         return val
@@ -76,11 +78,11 @@ def _build(homogeneous: bool, stochastic: bool) -> BilevelProblem:
 
     def hvp_yy(x, y, data, batch, v):
         H, _ = _HB(data, homogeneous)
-        return jnp.einsum("kij,kj->ki", H, v)
+        return jnp.einsum("kj,kij->ki", v, H)
 
     def cross_xy(x, y, data, batch, v):
         _, B = _HB(data, homogeneous)
-        return -jnp.einsum("kij,ki->j", B, v)
+        return -jnp.einsum("ki,kij->j", v, B)
 
     def metrics(x, y, data, consensus_x, consensus_y):
         return theorem1_metrics(x, y, data, homogeneous, consensus_x, consensus_y)
