@@ -112,11 +112,12 @@ def _safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
-def cg_solve(matvec: Callable, b, maxiter: int, tol: float = 0.0):
-    """Plain CG for a symmetric positive-definite ``matvec`` on pytrees (x₀ = 0)."""
+def cg_solve(matvec: Callable, b, maxiter: int, tol: float = 0.0, ref_sq=None):
+    """Plain CG for a symmetric positive-definite ``matvec`` on pytrees (x₀ = 0). With
+    ``tol > 0`` it stops once ‖r‖² ≤ tol²·``ref_sq`` (default ‖b‖²)."""
     x = jax.tree.map(jnp.zeros_like, b)
     rs = _vdot(b, b)
-    stop = (tol * tol) * rs
+    stop = (tol * tol) * (rs if ref_sq is None else ref_sq)
 
     def body(carry):
         x, r, p, rs, k = carry
@@ -136,12 +137,32 @@ def cg_solve(matvec: Callable, b, maxiter: int, tol: float = 0.0):
     return carry[0]
 
 
-def linear_solve(matvec: Callable, b, solver, dense_matrix: Callable | None = None):
-    """Solve H v = b for the SPD operator ``matvec`` with the chosen solver."""
+def linear_solve(matvec: Callable, b, solver, dense_matrix: Callable | None = None, x0=None):
+    """Solve H v = b for the SPD operator ``matvec`` with the chosen solver.
+
+    ``x0``: a warm start (e.g. the previous step's solution): the solver runs on the residual,
+    v = x₀ + solve(b − H x₀) — for CG the iterates of CG started at x₀ (stopping rule still
+    relative to ‖b‖), for Neumann v = x₀ + η Σ_{j<K} (I − ηH)^j (b − H x₀); one more product.
+    Derivatives are those of H⁻¹b (the guess carries none; derivative solves start from zero);
+    ``Exact`` ignores it. ``x0=None`` is exactly the cold solve."""
+    if x0 is not None and not isinstance(solver, Exact):
+        # v = x₀ + H⁻¹(b − H x₀): the solver on the residual from zero (for CG the same iterates
+        # as CG started at x₀). The guess carries no derivative, so the implicit rule still
+        # differentiates H⁻¹b, and every derivative solve starts from zero.
+        guess = jax.tree.map(lax.stop_gradient, x0)
+        r0 = jax.tree.map(jnp.subtract, b, matvec(guess))
+        ref = lax.stop_gradient(_vdot(b, b)) if isinstance(solver, CG) else None
+        corr = _solve_from_zero(matvec, r0, solver, ref)
+        return jax.tree.map(jnp.add, guess, corr)
+    return _solve_from_zero(matvec, b, solver, None, dense_matrix)
+
+
+def _solve_from_zero(matvec, b, solver, ref_sq=None, dense_matrix=None):
     if isinstance(solver, CG):
         return lax.custom_linear_solve(
             matvec, b,
-            solve=lambda mv, rhs: cg_solve(mv, rhs, int(solver.maxiter), float(solver.tol)),
+            solve=lambda mv, rhs: cg_solve(mv, rhs, int(solver.maxiter), float(solver.tol),
+                                           ref_sq),
             symmetric=True)
     if isinstance(solver, Neumann):
         eta = solver.eta
@@ -398,15 +419,18 @@ def _grad_y_g(problem):
 
 
 def hypergradient(problem: BilevelProblem, x, y, data, batch, solver, *,
-                  n_agents: int | None = None, shared_dense: bool = True) -> Any:
+                  n_agents: int | None = None, shared_dense: bool = True, v0=None,
+                  return_solution: bool = False) -> Any:
     """Surrogate implicit gradient of eq. (23) for one agent, at its local (x, y).
 
     A problem with its own UL-gradient estimator (``problem.ul_grad``) uses that instead.
     ``n_agents``: how many agents the caller vmaps this over (sizes the decision to materialise
     an operator shared by all agents, see the module docstring; ``shared_dense=False`` never
-    does)."""
+    does). ``v0``: warm start of the solve ∇²_yy g·v = ∇_y f (see :func:`linear_solve`);
+    ``return_solution=True`` returns ``(h_f, v)`` (with ``ul_grad``, v is ``v0``)."""
     if problem.ul_grad is not None:
-        return problem.ul_grad(x, y, data, batch)
+        h = problem.ul_grad(x, y, data, batch)
+        return (h, v0) if return_solution else h
     if shared_dense and n_agents is not None:
         fx = _gradient(problem, "f_x", lambda a, b, d, e: jax.grad(problem.f, argnums=0)(
             a, b, d, e), x, y, data, batch, n_agents, shared_dense)
@@ -453,7 +477,7 @@ def hypergradient(problem: BilevelProblem, x, y, data, batch, solver, *,
             def dense():
                 return jax.jacfwd(lambda yf: ravel_pytree(grad_y_g(x, unravel(yf)))[0])(y_flat)
 
-    v = linear_solve(matvec, fy, solver, dense)
+    v = linear_solve(matvec, fy, solver, dense, x0=v0)
     if dense_xy:
         C = _xy_matrix_fn(problem)(zx, zy, zdata, zb)
         _, unravel_x = ravel_pytree(x)
@@ -463,7 +487,8 @@ def hypergradient(problem: BilevelProblem, x, y, data, batch, solver, *,
     else:
         _, vjp = jax.vjp(lambda xx: grad_y_g(xx, y), x)
         (cross,) = vjp(v)
-    return jax.tree.map(jnp.subtract, fx, cross)
+    h = jax.tree.map(jnp.subtract, fx, cross)
+    return (h, v) if return_solution else h
 
 
 # ----------------------------------------------------------------------------------------

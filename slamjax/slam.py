@@ -70,7 +70,9 @@ class SLAMState(NamedTuple):
     and the cache ``lap_x``/``lap_y`` = L·x, L·y (one entry per leaf, ``None`` for leaves
     without consensus): the dual step (4b)/(4d) computes L·v⁺ and the next primal step needs
     the same product, so it is carried (two Laplacian products per level and step, not four).
-    ``None`` means "not computed yet" (:func:`init`); the first step fills it."""
+    ``None`` means "not computed yet" (:func:`init`); the first step fills it.
+    ``hg_v``: with ``SLAMConfig(warm_start=True)``, each agent's last solution v of
+    ∇²_yy g·v = ∇_y f (shape of y), the next step's starting point; ``None`` otherwise."""
 
     x: Any
     y: Any
@@ -79,6 +81,7 @@ class SLAMState(NamedTuple):
     step: Any
     lap_x: Any = None
     lap_y: Any = None
+    hg_v: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +107,12 @@ class SLAMConfig:
     ∇²_xy g once per step as dense matrices when they depend on ``data.shared`` only (decided
     from their jaxprs; see :mod:`slamjax.hypergrad`), so the K products are one row-major GEMM
     over all agents; ``False`` keeps per-agent products. Same numbers up to round-off.
+
+    ``warm_start``: ``False`` (default) solves eq. (23) from v = 0 every step; ``True`` starts
+    CG (or the Neumann series, applied to the residual) from the previous step's solution,
+    carried in ``SLAMState.hg_v``. Between consecutive steps x and y move little, so fewer
+    iterations reach the same accuracy. Derivatives are those of the exact solve (implicit
+    rule), as without warm start.
     """
 
     variant: str = "slam"
@@ -113,6 +122,7 @@ class SLAMConfig:
     agent_block: int | None = None
     minibatches: int = 2
     shared_operators: bool = True
+    warm_start: bool = False
 
     def __post_init__(self):
         v = _ALIASES.get(self.variant.lower(), self.variant.lower())
@@ -136,6 +146,9 @@ class SLAMConfig:
             raise ValueError(f"shared_operators must be True or False, got "
                              f"{self.shared_operators!r}")
         object.__setattr__(self, "shared_operators", bool(self.shared_operators))
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise ValueError(f"warm_start must be True or False, got {self.warm_start!r}")
+        object.__setattr__(self, "warm_start", bool(self.warm_start))
         for name in ("consensus_x", "consensus_y"):
             val = getattr(self, name)
             if isinstance(val, list):
@@ -221,10 +234,14 @@ def _initial_laplacians(graph, v, mask):
 
 
 def _with_laplacians(graph, config, state: SLAMState) -> SLAMState:
-    """``state`` with its cache L·x, L·y filled (consensus leaves only)."""
+    """``state`` with its cache L·x, L·y filled (consensus leaves only), and with
+    ``warm_start`` a zero starting point for the first hypergradient solve."""
     mx, my = config.masks(state.x, state.y)
-    return state._replace(lap_x=_initial_laplacians(graph, state.x, mx),
-                          lap_y=_initial_laplacians(graph, state.y, my))
+    state = state._replace(lap_x=_initial_laplacians(graph, state.x, mx),
+                           lap_y=_initial_laplacians(graph, state.y, my))
+    if config.warm_start and state.hg_v is None:
+        state = state._replace(hg_v=jax.tree.map(jnp.zeros_like, state.y))
+    return state
 
 
 def _per_agent(fn, block, n, x, y, data, batch):
@@ -292,10 +309,19 @@ def _slam_step(static, graph, key, state: SLAMState, params: SLAMParams, data):
                      block, n, state.x, state.y, data, batch_g)
     y, u_y, lap_y = _primal_dual(state.y, h_g, state.u_y, mask_y, graph, 1.0 / params.beta,
                                  params.rho, params.gamma, state.lap_y)
-    h_f = _per_agent(lambda x, y, d, b: hypergradient(problem, x, y, d, b, config.solver,
-                                                      n_agents=n,
-                                                      shared_dense=config.shared_operators),
-                     block, n, state.x, y, data, batch_f)
+    if config.warm_start:
+        v0 = state.hg_v if state.hg_v is not None else jax.tree.map(jnp.zeros_like, y)
+        h_f, hg_v = _per_agent(
+            lambda x, yv, d, b: hypergradient(problem, x, yv[0], d, b, config.solver,
+                                              n_agents=n, shared_dense=config.shared_operators,
+                                              v0=yv[1], return_solution=True),
+            block, n, state.x, (y, v0), data, batch_f)
+    else:
+        h_f = _per_agent(lambda x, y, d, b: hypergradient(problem, x, y, d, b, config.solver,
+                                                          n_agents=n,
+                                                          shared_dense=config.shared_operators),
+                         block, n, state.x, y, data, batch_f)
+        hg_v = None
     x, u_x, lap_x = _primal_dual(state.x, h_f, state.u_x, mask_x, graph, 1.0 / params.alpha,
                                  params.rho, params.gamma, state.lap_x)
     sent = sum(graph.messages(leaf) for leaf, on in zip(jax.tree.leaves(x), mask_x) if on) + \
@@ -303,7 +329,8 @@ def _slam_step(static, graph, key, state: SLAMState, params: SLAMParams, data):
     info = {"messages": jnp.asarray(float(sent), jnp.float32),
             "minibatches": jnp.asarray(0.0 if problem.sample is None
                                        else float(config.minibatches * n), jnp.float32)}
-    new = SLAMState(x=x, y=y, u_x=u_x, u_y=u_y, step=state.step + 1, lap_x=lap_x, lap_y=lap_y)
+    new = SLAMState(x=x, y=y, u_x=u_x, u_y=u_y, step=state.step + 1, lap_x=lap_x, lap_y=lap_y,
+                    hg_v=hg_v)
     return new, info
 
 
@@ -337,7 +364,7 @@ def scan_steps(problem, config, graph, params, state, data, key, num_steps: int,
     from slamjax.run import iterate
 
     alg = slam(problem, graph, config)
-    if state.lap_x is None or state.lap_y is None:
+    if state.lap_x is None or state.lap_y is None or (config.warm_start and state.hg_v is None):
         state = _with_laplacians(graph, config, state)
     return iterate(alg, params, data, state, key, num_steps, checkpoint_every=checkpoint_every,
                    start=state.step)
