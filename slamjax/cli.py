@@ -7,6 +7,10 @@ final metrics table and writes ``results/<name>.json`` and ``results/<name>.png`
 Other sub-commands run the scripts in ``experiments/`` of a source checkout
 (``slamjax bench``, ``slamjax sweep``, ``slamjax reproduce <figure>``, ...); extra arguments
 are passed through to the script.
+
+``--cache-dir DIR`` (with any sub-command) or ``SLAMJAX_CACHE_DIR=DIR`` turns on JAX's
+persistent compilation cache (off by default, see :func:`enable_compilation_cache`); scripts
+run by the command and the processes they start use it too.
 """
 
 from __future__ import annotations
@@ -266,9 +270,70 @@ def _run_script(script: str, argv: list[str]) -> int:
     return 0
 
 
+#: environment variable naming a persistent compilation-cache directory (unset: no cache)
+CACHE_ENV = "SLAMJAX_CACHE_DIR"
+
+
+def enable_compilation_cache(path) -> str | None:
+    """Turn on JAX's persistent compilation cache in ``path`` (created if needed) for this
+    process and the processes it starts (``JAX_COMPILATION_CACHE_DIR``): every compiled
+    program is written there and read back by later runs, so a repeated command skips XLA
+    compilation. ``""``/``"off"``/``"none"`` leave it off. Returns the directory or ``None``.
+
+    Off by default: it writes to disk without being asked, JAX does not evict entries
+    (``jax_compilation_cache_max_size`` is unlimited), and the benchmarks report compile
+    time, which a warm cache would silently replace by a cache read."""
+    if path is None or str(path).strip().lower() in ("", "off", "none", "0"):
+        return None
+    p = Path(str(path)).expanduser()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--cache-dir {path}: cannot create the directory ({e.strerror}); "
+                         f"pass a writable directory, e.g. --cache-dir ~/.cache/slamjax") from None
+    if not os.access(p, os.W_OK):
+        raise ValueError(f"--cache-dir {path}: not writable; pass a writable directory, e.g. "
+                         "--cache-dir ~/.cache/slamjax")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(p)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(p))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return str(p)
+
+
+def _pop_cache_dir(argv: list[str]) -> tuple[list[str], str | None]:
+    """Remove ``--cache-dir DIR`` / ``--cache-dir=DIR`` (before or after the sub-command)."""
+    out, value, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--cache-dir":
+            if i + 1 >= len(argv):
+                raise ValueError("--cache-dir needs a directory, e.g. --cache-dir "
+                                 "~/.cache/slamjax (or 'off')")
+            value, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--cache-dir="):
+            value = a.split("=", 1)[1]
+        else:
+            out.append(a)
+        i += 1
+    return out, value
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="slamjax", description=__doc__.split("\n\n")[0])
+    try:  # persistent compilation cache: --cache-dir DIR, else $SLAMJAX_CACHE_DIR, else off
+        argv, cache = _pop_cache_dir(argv)
+        enable_compilation_cache(cache if cache is not None else os.environ.get(CACHE_ENV))
+    except ValueError as e:
+        print(f"slamjax: error: {e}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(
+        prog="slamjax", description=__doc__.split("\n\n")[0],
+        epilog="--cache-dir DIR (any sub-command; or $SLAMJAX_CACHE_DIR): keep compiled XLA "
+               "programs in DIR so repeated runs skip compilation (off by default)")
     sub = parser.add_subparsers(dest="cmd")
     p_run = sub.add_parser("run", help="main job: SLAM / SLAM-L / SLAM-U on a quadratic problem")
     add_run_arguments(p_run)
