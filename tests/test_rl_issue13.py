@@ -81,21 +81,32 @@ def test_central_critic_step_equals_a_step_on_the_team_reward():
     cfg = rl.ACConfig("central_ac", n=N)
     _, vnet, rnet = cfg.nets()
     hp = rl.make_hparams(ring(N))
-    k = jax.random.split(jax.random.key(0), 6)
     d = cfg.critic_dim
-    critic = {"w": rl.init_agents(vnet, k[0], 1, jnp.zeros(d)),
-              "phi": rl.init_agents(rnet, k[1], 1, jnp.zeros(d + 5 * N))}
-    obs, nxt = jax.random.normal(k[2], (8, d)), jax.random.normal(k[3], (8, d))
-    acts = jax.random.randint(k[4], (8, N), 0, 5)
-    rew = jax.random.normal(k[5], (8, N))
-    batch = rl.core.make_batch(obs, acts, rew, nxt)
     grad_fn = lambda c, b: rl.critic_grads(vnet, rnet, c, b, hp.discount)  # noqa: E731
-    got, _ = central_critic_step(critic, grad_fn, batch, hp)
-    team = rl.core.make_batch(obs, acts, rew.mean(1, keepdims=True), nxt)
-    h, _ = grad_fn(critic, team)
-    want = jax.tree.map(lambda v, g: v - hp.critic_lr * g, critic, h)
+
+    @jax.jit
+    def both(key):
+        k = jax.random.split(key, 6)
+        critic = {"w": rl.init_agents(vnet, k[0], 2, jnp.zeros(d)),
+                  "phi": rl.init_agents(rnet, k[1], 2, jnp.zeros(d + 5 * N))}
+        obs, nxt = jax.random.normal(k[2], (8, d)), jax.random.normal(k[3], (8, d))
+        acts = jax.random.randint(k[4], (8, N), 0, 5)
+        rew = jax.random.normal(k[5], (8, N))
+        got, _ = central_critic_step(critic, grad_fn,
+                                     rl.core.make_batch(obs, acts, rew, nxt), hp)
+        # by hand: each copy steps on the team reward, then the copies are averaged
+        team = rl.core.make_batch(obs, acts, jnp.repeat(rew.mean(1, keepdims=True), 2, 1), nxt)
+        h, _ = grad_fn(critic, team)
+        want = jax.tree.map(lambda v, g: jnp.broadcast_to(jnp.mean(v - hp.critic_lr * g, 0),
+                                                          v.shape), critic, h)
+        return got, want, critic
+
+    got, want, critic = both(jax.random.key(0))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(a[0], a[1])  # one critic
+    # from two different initial critics
+    assert max(float(np.abs(c[0] - c[1]).max()) for c in jax.tree.leaves(critic)) > 1e-2
 
 
 def _quadratic_grad_fn(c, mb):
