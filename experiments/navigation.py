@@ -231,7 +231,7 @@ def entry(res, h: int, wall: float, extra=None) -> dict:
          "config": {k: v for k, v in __import__("dataclasses").asdict(res.config).items()}}
     if res.config.track_central:
         w = final_window(ret.shape[1])
-        for k in ("consensus_w", "value_err", "rhat_err"):
+        for k in ("consensus_w", "consensus_w_ema", "value_err", "rhat_err"):
             v = np.array(res.metrics[k][h], dtype=float)  # (S, U)
             d[f"{k}_binned"] = binned(v)
             d[f"{k}_final_per_seed"] = v[:, -w:].mean(axis=1).tolist()
@@ -336,11 +336,13 @@ def comparisons(fig: str, runs: dict) -> list:
         for c in sorted({r["nuisance_rel"] for r in runs.values()}):
             a, b = f"slam_ac@c={c:g}", f"dac@c={c:g}"
             if a in runs and b in runs:
-                # positive = DAC's consensus error above SLAM-AC's (log10 ratio per seed)
-                la = np.log10(np.maximum(runs[a]["consensus_w_final_per_seed"], 1e-30))
-                lb = np.log10(np.maximum(runs[b]["consensus_w_final_per_seed"], 1e-30))
-                out.append({"comparison": f"log10 ‖Aw‖²: DAC − SLAM-AC (c={c:g})",
-                            "metric": "cons", **paired(lb, la)})
+                # positive = DAC's error above SLAM-AC's (log10 ratio per seed)
+                for m, lab in (("consensus_w", "‖Aw‖²"), ("consensus_w_ema", "‖A avg(w)‖²"),
+                               ("value_err", "value err")):
+                    la = np.log10(np.maximum(runs[a][f"{m}_final_per_seed"], 1e-30))
+                    lb = np.log10(np.maximum(runs[b][f"{m}_final_per_seed"], 1e-30))
+                    out.append({"comparison": f"log10 {lab}: DAC − SLAM-AC (c={c:g})",
+                                "metric": "final", **paired(lb, la)})
     return out
 
 
@@ -354,14 +356,15 @@ def print_mechanism(runs):
     print(f"graph {r0['graph']['kind']} n={r0['graph']['n']}: spectral gap "
           f"{r0['graph']['spectral_gap']:.3f}, λ_max(L) {r0['graph']['lam_max']:.3f}; "
           f"std(R) = {r0['team_reward_std']:.4f} per step")
-    print(f"{'c/std(R)':>8s} {'algorithm':22s} {'‖Aw‖²':>20s} {'value err':>20s} "
-          f"{'R̂ err':>18s} {'return':>16s} {'rounds/it':>9s}")
+    print(f"{'c/std(R)':>8s} {'algorithm':22s} {'‖Aw‖²':>20s} {'‖A avg(w)‖²':>20s} "
+          f"{'value err':>20s} {'R̂ err':>18s} {'return':>16s} {'rounds/it':>9s}")
     for k, r in runs.items():
-        cw, ve, re = (_mstd(r[f"{m}_final_per_seed"]) for m in ("consensus_w", "value_err",
-                                                                  "rhat_err"))
+        cw, ce, ve, re = (_mstd(r[f"{m}_final_per_seed"]) for m in (
+            "consensus_w", "consensus_w_ema", "value_err", "rhat_err"))
         s = r["summary"]
         cr = r["communication"]["rounds_per_iteration"]
         print(f"{r['nuisance_rel']:8.2f} {DISPLAY[r['algorithm']]:22s} {cw[0]:9.3g} ± {cw[1]:8.2g}"
+              f" {ce[0]:9.3g} ± {ce[1]:8.2g}"
               f" {ve[0]:9.3g} ± {ve[1]:8.2g} {re[0]:8.3g} ± {re[1]:7.2g} "
               f"{s['final_mean']:7.2f} ± {s['final_std']:5.2f} {'all' if cr is None else cr:>9}")
 
@@ -421,6 +424,13 @@ def plot(fig, spec, rounds, runs, path):
                     continue
                 col = colors.get(r["algorithm"])
                 for i, m in enumerate(("consensus_w", "value_err")):
+                    if i == 0 and r["algorithm"] in ("slam_ac", "dac"):
+                        v = np.maximum(np.array(r["consensus_w_ema_binned"], dtype=float),
+                                       CONS_FLOOR)
+                        x = (np.arange(v.shape[1]) + 1) * BIN
+                        axes[0, j].semilogy(x, np.exp(np.nanmean(np.log(v), 0)), color=col,
+                                            ls=":", label=f"{DISPLAY[r['algorithm']]} "
+                                            "(moving avg. of w)")
                     v = np.maximum(np.array(r[f"{m}_binned"], dtype=float), CONS_FLOOR)
                     x = (np.arange(v.shape[1]) + 1) * BIN
                     axes[i, j].semilogy(x, np.exp(np.nanmean(np.log(v), 0)), color=col,
@@ -430,6 +440,8 @@ def plot(fig, spec, rounds, runs, path):
                 axes[i, j].grid(alpha=0.3)
                 axes[1, j].set_xlabel("update round (16 episodes each)")
         axes[0, 0].set_ylabel(r"value-critic consensus $\|Aw\|^2$ (geo. mean)")
+        axes[0, 0].set_title(axes[0, 0].get_title() + "\n(dotted: moving average of w)",
+                             fontsize=9)
         axes[1, 0].set_ylabel("value error vs centralized critic")
         axes[0, 0].legend(fontsize=7)
     elif fig in ("1", "7"):

@@ -49,8 +49,14 @@ def test_track_central_adds_metrics_and_changes_nothing_else():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert s0.central is None and s1.central is not None
     assert m1["value_err_agent"].shape == (ROUNDS, N)
-    for k in ("consensus_w", "value_err", "rhat_err"):
+    for k in ("consensus_w", "value_err", "rhat_err", "consensus_w_ema"):
         assert m1[k].shape == (ROUNDS,) and np.all(np.isfinite(m1[k]))
+    # the moving average starts at the critics after round 1, then moves 5 % per round
+    assert m1["consensus_w_ema"][0] == pytest.approx(m1["consensus_w"][0], rel=1e-5)
+    ema = jax.tree.map(lambda a: np.asarray(a, np.float64), s1.critic_ema)
+    ring_dis = sum(np.sum((x - np.roll(x, 1, axis=0)) ** 2) for x in jax.tree.leaves(ema))
+    np.testing.assert_allclose(m1["consensus_w_ema"][-1], ring_dis, rtol=1e-4)
+    assert not np.allclose(jax.tree.leaves(s1.critic_ema)[0], jax.tree.leaves(s1.critic["w"])[0])
     # recompute the last round's metrics from the final state
     _, vnet, rnet = cfg.nets()
     eb = s1.eval_batch

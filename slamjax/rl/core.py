@@ -365,6 +365,7 @@ class TrainState(NamedTuple):
     step: Any
     central: Any = None  # reference centralized critic (ACConfig.track_central), else None
     eval_batch: Any = None  # fixed CriticBatch of states for the critic errors, else None
+    critic_ema: Any = None  # moving average of the critics over rounds (track_central)
 
 
 class CriticBatch(NamedTuple):

@@ -27,7 +27,10 @@ reward, and every round also logs
 * ``value_err`` / ``rhat_err`` — mean over agents of the mean squared difference between agent
   i's V (resp. R̂) and the reference's, on a fixed batch of states (400 states and joint actions
   of the uniformly random policy from a fixed key, the same for every seed and algorithm);
-* ``value_err_agent`` — the same for V per agent, shape (n,) per round.
+* ``value_err_agent`` — the same for V per agent, shape (n,) per round;
+* ``consensus_w_ema`` — ‖A w̄‖² of the moving average w̄ ← (1 − a) w̄ + a w over rounds
+  (a = ``EMA_RATE`` = 0.05, started at the critics after the first round): noise in the
+  critics' disagreement averages out of w̄, a persistent (bias) disagreement does not.
 """
 
 from __future__ import annotations
@@ -65,7 +68,10 @@ __all__ = ["init_state", "iteration", "make_train", "run", "RLResult", "default_
 
 METRICS = ("return", "consensus", "td_sq", "entropy")
 #: extra metrics logged with ``ACConfig.track_central``
-CENTRAL_METRICS = ("consensus_w", "value_err", "rhat_err", "value_err_agent")
+CENTRAL_METRICS = ("consensus_w", "value_err", "rhat_err", "value_err_agent",
+                   "consensus_w_ema")
+#: per-round rate of the critics' moving average behind ``consensus_w_ema``
+EMA_RATE = 0.05
 #: key of the fixed batch of states on which the critic errors are measured
 EVAL_KEY = 20221
 
@@ -185,7 +191,7 @@ def init_state(config: ACConfig, hp: ACHyperParams, key) -> TrainState:
     # average gradient, so this is where every consensus rule's average starts too
     central = jax.tree.map(lambda x: jnp.mean(x, axis=0, keepdims=True), critic)
     return TrainState(actor_params, opt, critic, dual, kr, jnp.zeros((), jnp.int32), central,
-                      _eval_batch(config))
+                      _eval_batch(config), critic["w"])
 
 
 def _central_metrics(config, graph, critic, central, eb):
@@ -285,8 +291,12 @@ def iteration(config: ACConfig, graph: Graph, hp: ACHyperParams, state: TrainSta
 
     central, _ = lax.scan(ref_body, state.central, mbs[0])
     metrics.update(_central_metrics(config, graph, critic, central, state.eval_batch))
+    a = jnp.where(state.step == 0, 1.0, EMA_RATE)  # start at the critics after round 1
+    ema = jax.tree.map(lambda m, w: (1.0 - a).astype(w.dtype) * m + a.astype(w.dtype) * w,
+                       state.critic_ema, critic["w"])
+    metrics["consensus_w_ema"] = graph.disagreement(ema)
     new = TrainState(actor_params, opt, critic, dual, key, state.step + 1, central,
-                     state.eval_batch)
+                     state.eval_batch, ema)
     return new, metrics
 
 
