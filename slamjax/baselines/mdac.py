@@ -35,7 +35,6 @@ Two variants (issue 13):
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
 from slamjax.graphs import Graph
@@ -55,8 +54,13 @@ def mdac_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, conf
 
     # same per-sample step as the other algorithms: 1/β is the step on the mean of M samples,
     # an inner step averages B samples, so it takes (B/M)/β
-    lr = hp.critic_lr * (B / total)
+    return _inner_loop(critic, grad_fn, mbs, graph, hp.critic_lr * (B / total),
+                       config), dual, tdsq0
 
+
+def _inner_loop(critic, grad_fn, mbs, graph: Graph, lr, config):
+    """The inner loop of both variants: per minibatch (leading axis of ``mbs``) a local step
+    of size ``lr`` then one mixing round; then ``mdac_extra_consensus`` extra mixings."""
     def inner(c, mb):
         h, _ = grad_fn(c, mb)
         local = jax.tree.map(lambda v, g: v - lr.astype(v.dtype) * g, c, h)
@@ -65,7 +69,7 @@ def mdac_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, conf
     critic, _ = lax.scan(inner, critic, mbs)
     if config.mdac_extra_consensus:
         critic = graph.mix(critic, config.mdac_extra_consensus)
-    return critic, dual, tdsq0
+    return critic
 
 
 def _td_sq(grad_fn, critic, batch):
@@ -90,14 +94,5 @@ def mdac_fresh_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key
     B = config.mdac_batch
     flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
     tdsq0 = _td_sq(grad_fn, critic, flat)
-    lr = hp.critic_lr * (B / config.minibatch_size)
-
-    def inner(c, mb):
-        h, _ = grad_fn(c, mb)
-        local = jax.tree.map(lambda v, g: v - lr.astype(v.dtype) * g, c, h)
-        return graph.mix(local), None
-
-    critic, _ = lax.scan(inner, critic, batch)
-    if config.mdac_extra_consensus:
-        critic = graph.mix(critic, config.mdac_extra_consensus)
-    return critic, dual, tdsq0
+    return _inner_loop(critic, grad_fn, batch, graph,
+                       hp.critic_lr * (B / config.minibatch_size), config), dual, tdsq0
