@@ -900,17 +900,14 @@ def table_targets(res: dict) -> list:
                 out.append({"cores": label, "d": d, "n": n, "path": p,
                             "target": "≥ 0.9× kernel", "value": im[p]["vs_kernel"],
                             "met": im[p]["vs_kernel"] >= 0.9})
-                if "numpy_batched" in im:
-                    goal = 2.0 if d <= 10 else 3.0
-                    r = v / im["numpy_batched"]["agent_steps_per_s"]
+                for peer, what, goals in (("numpy_batched", "batched NumPy", (2.0, 3.0)),
+                                          ("numpy_loop", "per-agent loop", (150.0, 50.0))):
+                    if peer not in im:
+                        continue
+                    goal = goals[0] if d <= 10 else goals[1]
+                    r = v / im[peer]["agent_steps_per_s"]
                     out.append({"cores": label, "d": d, "n": n, "path": p,
-                                "target": f"≥ {goal:g}× batched NumPy", "value": r,
-                                "met": r >= goal})
-                if "numpy_loop" in im:
-                    goal = 150.0 if d <= 10 else 50.0
-                    r = v / im["numpy_loop"]["agent_steps_per_s"]
-                    out.append({"cores": label, "d": d, "n": n, "path": p,
-                                "target": f"≥ {goal:g}× per-agent loop", "value": r,
+                                "target": f"≥ {goal:g}× {what}", "value": r,
                                 "met": r >= goal})
     return out
 

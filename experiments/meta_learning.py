@@ -221,8 +221,8 @@ GRAPHS = ("erdos_renyi", "complete", "ring")
 def _graph(n, kind="erdos_renyi"):
     """The communication graph: Erdős–Rényi p = 2 ln n / n, seed 0 (default), or the
     complete graph / ring (``--graph``) to see what the topology does."""
-    if kind == "complete" or n == 1:
-        return sj.graphs.complete(n) if n > 1 else sj.graphs.erdos_renyi(1, seed=0)
+    if kind == "complete" and n > 1:
+        return sj.graphs.complete(n)
     if kind == "ring" and n >= 3:
         return sj.graphs.ring(n)
     return sj.graphs.erdos_renyi(n, seed=0)
@@ -267,9 +267,8 @@ def method_specs(n, arrays, args):
         shard = ProblemData(shared=data.shared,
                             agents=jax.tree.map(lambda a: a[:1], data.agents))
         g1 = _graph(1)
-        a_problem = problem
         specs["alone"] = dict(
-            alg=sj.slam(a_problem, g1, sj.SLAMConfig("slam_u", solver=SOLVER, minibatches=1)),
+            alg=sj.slam(problem, g1, sj.SLAMConfig("slam_u", solver=SOLVER, minibatches=1)),
             params=p0, data=shard, agents=1, grid=slam_grid, values=list(args.grid),
             lane_batch=batch, logical=1, graph=g1)
     return {k: v for k, v in specs.items() if k in args.methods}
