@@ -93,6 +93,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="main", help="results/<name>.json and .png")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plot", action="store_true")
+    d = p.add_argument_group(
+        "multi-process (jax.distributed)",
+        "--distributed runs the agents split over every device of every process; start the "
+        "same command once per process (slamjax.distributed explains the launch)")
+    d.add_argument("--distributed", action="store_true",
+                   help="join jax.distributed and shard the agents over all processes")
+    d.add_argument("--coordinator", default=None,
+                   help="host:port of process 0 (default $JAX_COORDINATOR_ADDRESS)")
+    d.add_argument("--num-processes", type=_positive(int), default=None,
+                   help="number of processes (default $JAX_NUM_PROCESSES)")
+    d.add_argument("--process-id", type=int, default=None,
+                   help="this process, 0..N-1 (default $JAX_PROCESS_ID)")
+    d.add_argument("--dist-timeout", type=_positive(float), default=120.0,
+                   help="seconds to wait for the coordinator and all processes (120)")
 
 
 def default_log_every(steps: int, at_most: int = 20) -> int:
@@ -129,6 +143,10 @@ def _check_run_outputs(args) -> None:
 def cmd_run(args) -> int:
     args.log_every = check_steps(args.steps, args.log_every)
     _check_run_outputs(args)  # before any compute: a bad --out loses nothing
+    if args.distributed:
+        from slamjax.distributed import cli_run
+
+        return cli_run(args)
     import jax
 
     if args.x64:

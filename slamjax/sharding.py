@@ -25,6 +25,9 @@ algorithm built on it (``slamjax.slam(problem, pg, config)``, a peer from
 :func:`shard_problem_inputs` places the state and data, :func:`solve` does both. Results equal the
 single-device run up to float round-off (the test suite checks ≤ 1e-6 relative in float32).
 
+The same code runs on a mesh that spans several processes (:mod:`slamjax.distributed`):
+:func:`place` then builds each global array from the slices a process's own devices hold.
+
 Limits: n must be divisible by the number of devices (torus: the number of rows);
 ``SLAMConfig.agent_block`` (a ``lax.map`` over agent blocks) is not shard-aware — leave it
 ``None`` on a mesh. Tested with forced host devices
@@ -46,8 +49,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from slamjax.graphs import Graph, _leaf_matvec
 from slamjax.problem import ProblemData
 
-__all__ = ["AXIS", "PartitionedGraph", "agent_mesh", "partition_graph", "shard_agents",
-           "replicate", "shard_tree", "shard_problem_inputs", "solve"]
+__all__ = ["AXIS", "PartitionedGraph", "agent_mesh", "partition_graph", "halo_counts", "place",
+           "shard_agents",
+           "replicate", "shard_tree", "shard_problem_inputs", "prepare_solve", "solve"]
 
 #: name of the mesh axis that carries the agents
 AXIS = "agents"
@@ -69,16 +73,36 @@ def _ndev(mesh: Mesh) -> int:
     return int(mesh.shape[AXIS])
 
 
+def place(a, sharding: NamedSharding):
+    """``a`` placed with ``sharding``. On a mesh that spans several processes
+    (``jax.distributed``) ``a`` is a host value that every process holds in full (the same
+    everywhere); each process copies only the slices its own devices own
+    (``jax.make_array_from_callback``). An array that already has ``sharding`` is returned
+    as is."""
+    if isinstance(a, jax.Array) and a.sharding == sharding:
+        return a
+    if sharding.is_fully_addressable:
+        return jax.device_put(a, sharding)
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        return jax.device_put(a, sharding)    # global -> global: a resharding program
+    host = np.asarray(a) if not jnp.issubdtype(jnp.result_type(a), jax.dtypes.prng_key) \
+        else None
+    if host is None:  # a typed PRNG key: place its raw data, wrap it again
+        data = place(jax.random.key_data(a), NamedSharding(sharding.mesh, P()))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
 def shard_agents(tree, mesh: Mesh):
     """Place every leaf of ``tree`` (agent axis first) sharded along that axis."""
     sh = NamedSharding(mesh, P(AXIS))
-    return jax.tree.map(lambda a: jax.device_put(a, sh), tree)
+    return jax.tree.map(lambda a: place(a, sh), tree)
 
 
 def replicate(tree, mesh: Mesh):
     """Place every leaf of ``tree`` replicated on all devices of ``mesh``."""
     sh = NamedSharding(mesh, P())
-    return jax.tree.map(lambda a: jax.device_put(a, sh), tree)
+    return jax.tree.map(lambda a: place(a, sh), tree)
 
 
 # ----------------------------------------------------------------------------------------
@@ -91,24 +115,28 @@ class PartitionedGraph(Graph):
     Extra leaves (``scheme="edges"`` only; ``None`` otherwise), leading axis = devices:
     ``send_idx`` (D, D·M): row j·M + t of device k's block is the local index of the t-th of
     its agents that device j needs; ``loc_senders``/``loc_receivers`` (D, E_max): the local
-    edge list of each device, receivers indexing [own rows; received halo rows; a zero row].
+    edge list of each device, receivers indexing [own rows; received halo rows; a zero row];
+    ``loc_weights`` (D, E_max): the Metropolis weight of each local edge (0 on padding), so that
+    gossip (:meth:`mix`) on an irregular graph also runs on the partitioned edges.
     """
 
     def __init__(self, senders, receivers, degree, dense_L, send_idx=None, loc_senders=None,
-                 loc_receivers=None, *, n, num_edges, kind, shape, lam_max, mixing, mesh=None,
+                 loc_receivers=None, loc_weights=None, *, n, num_edges, kind, shape, lam_max, mixing, mesh=None,
                  scheme="gspmd", halo=0):
         super().__init__(senders, receivers, degree, dense_L, n=n, num_edges=num_edges,
                          kind=kind, shape=shape, lam_max=lam_max, mixing=mixing)
         self.send_idx = send_idx
         self.loc_senders = loc_senders
         self.loc_receivers = loc_receivers
+        self.loc_weights = loc_weights
         self.mesh = mesh
         self.scheme = scheme
         self.halo = int(halo)
 
     def tree_flatten(self):
         children, aux = super().tree_flatten()
-        return (children + (self.send_idx, self.loc_senders, self.loc_receivers),
+        return (children + (self.send_idx, self.loc_senders, self.loc_receivers,
+                            self.loc_weights),
                 aux + (self.mesh, self.scheme, self.halo))
 
     @classmethod
@@ -138,6 +166,23 @@ class PartitionedGraph(Graph):
                                                     self.loc_receivers)
         return _leaf_matvec(self, x)
 
+    def mix(self, tree: Any, steps: int = 1) -> Any:
+        """W·v as :meth:`Graph.mix`; on an irregular graph with partitioned edges the
+        Metropolis differences are summed on the device that owns each edge (halo rows by the
+        same all-to-all as the Laplacian product) instead of by the partitioner's gathers."""
+        if self.scheme != "edges" or self.regular_degree is not None or self.n == 1 \
+                or int(steps) <= 0 or self.loc_weights is None:
+            return super().mix(tree, steps)
+        fn = partial(_edges_local, num_devices=_ndev(self.mesh), weights=True)
+        sm = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(AXIS),) * 5, out_specs=P(AXIS))
+
+        def one(t):
+            return jax.tree.map(lambda v: sm(v, self.loc_weights, self.send_idx,
+                                             self.loc_senders, self.loc_receivers), t)
+        if int(steps) == 1:
+            return one(tree)
+        return jax.lax.fori_loop(0, int(steps), lambda _, t: one(t), tree)
+
 
 def _shift_rows(x, D):
     """(row before this block, row after it) from the neighbouring devices (periodic)."""
@@ -164,11 +209,18 @@ def _torus_local(x, cols):
     return out.reshape(x.shape)
 
 
-def _edges_local(x, deg, send_idx, loc_s, loc_r, *, num_devices):
+def _edges_local(x, deg, send_idx, loc_s, loc_r, *, num_devices, weights=False):
+    """Local L·x (``deg`` the degrees of this block) or, with ``weights=True``, local W·x
+    (``deg`` then holds this device's edge weights, as :func:`slamjax.graphs._mix_leaf`)."""
     nl = x.shape[0]
     buf = x[send_idx[0]]                                  # (D·M, ...) rows others need
     recv = lax.all_to_all(buf, AXIS, 0, 0, tiled=True)    # block s = rows from device s
     ext = jnp.concatenate([x, recv, jnp.zeros((1,) + x.shape[1:], x.dtype)], axis=0)
+    if weights:
+        w = deg[0].astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+        diff = x[loc_s[0]] - ext[loc_r[0]]                # padding edges have weight 0
+        return x - jax.ops.segment_sum(w * diff, loc_s[0], num_segments=nl,
+                                       indices_are_sorted=True)
     neigh = jax.ops.segment_sum(ext[loc_r[0]], loc_s[0], num_segments=nl,
                                 indices_are_sorted=True)
     return deg.reshape((nl,) + (1,) * (x.ndim - 1)) * x - neigh
@@ -188,7 +240,7 @@ def partition_graph(graph: Graph, mesh: Mesh) -> PartitionedGraph:
                 lam_max=graph.lam_max, mixing=graph.mixing, mesh=mesh)
     rep = NamedSharding(mesh, P())
     sh = NamedSharding(mesh, P(AXIS))
-    put = jax.device_put
+    put = place
     common = (put(graph.senders, rep), put(graph.receivers, rep))
     if n % D:
         raise ValueError(f"partition_graph: n={n} agents are not divisible by the {D} devices")
@@ -207,21 +259,18 @@ def partition_graph(graph: Graph, mesh: Mesh) -> PartitionedGraph:
     s = np.asarray(graph.senders).astype(np.int64)
     r = np.asarray(graph.receivers).astype(np.int64)
     nl = n // D
-    owner_s, owner_r = s // nl, r // nl
+    owner_r = r // nl
     bounds = np.searchsorted(s, np.arange(D + 1) * nl)
-    # halo[k][j]: sorted unique agents owned by j that device k needs
-    halo = [[None] * D for _ in range(D)]
-    M = 1
-    for k in range(D):
-        rk, ok = r[bounds[k]:bounds[k + 1]], owner_r[bounds[k]:bounds[k + 1]]
-        for j in range(D):
-            need = np.unique(rk[ok == j]) if j != k else np.zeros(0, np.int64)
-            halo[k][j] = need
-            M = max(M, len(need))
+    halo = _halo_lists(s, r, n, D)
+    M = max([1] + [len(h) for row in halo for h in row])
     E_max = max(1, int(np.max(np.diff(bounds))))
     send_idx = np.zeros((D, D * M), np.int32)        # device j sends to k: send_idx[j, k*M + t]
     loc_s = np.full((D, E_max), nl - 1, np.int32)    # padding: last row += zero row
     loc_r = np.full((D, E_max), nl + D * M, np.int32)
+    wdt = np.float64 if jax.config.jax_enable_x64 else np.float32   # as metropolis_weights
+    loc_w = np.zeros((D, E_max), wdt)
+    deg = np.asarray(graph.degree).astype(wdt)
+    w_all = wdt(1.0) / (wdt(1.0) + np.maximum(deg[s], deg[r]))
     for k in range(D):
         for j in range(D):
             need = halo[k][j]
@@ -237,17 +286,44 @@ def partition_graph(graph: Graph, mesh: Mesh) -> PartitionedGraph:
             local[sel] = nl + j * M + np.searchsorted(halo[k][j], rk[sel])
         loc_s[k, :len(sk)] = sk - k * nl
         loc_r[k, :len(sk)] = local
+        loc_w[k, :len(sk)] = w_all[bounds[k]:bounds[k + 1]]
     return PartitionedGraph(*common, put(graph.degree, sh), None,
-                            put(jnp.asarray(send_idx), sh), put(jnp.asarray(loc_s), sh),
-                            put(jnp.asarray(loc_r), sh), scheme="edges", halo=M, **base)
+                            put(send_idx, sh), put(loc_s, sh), put(loc_r, sh),
+                            put(loc_w, sh), scheme="edges", halo=M, **base)
+
+
+def _halo_lists(s, r, n, D):
+    """halo[k][j]: the sorted agents owned by device j that device k needs (an edge from one
+    of k's agents to them); s, r: sender-sorted directed edges."""
+    nl = n // D
+    bounds = np.searchsorted(s, np.arange(D + 1) * nl)
+    halo = [[np.zeros(0, np.int64)] * D for _ in range(D)]
+    for k in range(D):
+        rk = r[bounds[k]:bounds[k + 1]]
+        ok = rk // nl
+        for j in range(D):
+            if j != k:
+                halo[k][j] = np.unique(rk[ok == j])
+    return halo
+
+
+def halo_counts(graph: Graph, num_devices: int) -> np.ndarray:
+    """(D, D) matrix: entry [k, j] = how many of device j's agents device k needs per
+    exchange with the partitioned-edges scheme (agents split in D contiguous blocks)."""
+    s = np.asarray(graph.senders).astype(np.int64)
+    r = np.asarray(graph.receivers).astype(np.int64)
+    D = int(num_devices)
+    if graph.n % D:
+        raise ValueError(f"halo_counts: n={graph.n} not divisible by {D} devices")
+    return np.asarray([[len(h) for h in row] for row in _halo_lists(s, r, graph.n, D)])
 
 
 def shard_tree(tree, mesh: Mesh, n: int):
     """Place ``tree`` on ``mesh``: leaves with leading axis ``n`` (agent axis) sharded,
     everything else (step counters, shared data, scalars) replicated."""
     sh, rep = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
-    return jax.tree.map(lambda a: jax.device_put(a, sh if (jnp.ndim(a) and jnp.shape(a)[0] == n)
-                                                  else rep), tree)
+    return jax.tree.map(lambda a: place(a, sh if (jnp.ndim(a) and jnp.shape(a)[0] == n)
+                                        else rep), tree)
 
 
 def shard_problem_inputs(mesh: Mesh, state=None, data: ProblemData | None = None,
@@ -278,19 +354,32 @@ def solve(algorithm, params, data: ProblemData, x0, y0, key, num_steps: int,
     config)``, or any peer) so that its agent coupling runs with explicit communication;
     on a plain graph the partitioner's own collectives are used. Returns the final state,
     sharded like its inputs."""
-    from slamjax.algorithm import merge_static, split_static
+    args, statics = prepare_solve(algorithm, params, data, x0, y0, key, num_steps, mesh,
+                                  checkpoint_every)
+    return _jit_iterate(*args, **statics)
+
+
+def prepare_solve(algorithm, params, data, x0, y0, key, num_steps: int,
+                  mesh: Mesh | None = None, checkpoint_every: int | None = None):
+    """The placed arguments and static options of :func:`solve`'s compiled program:
+    ``_jit_iterate(*args, **statics)`` is the solve (``.lower(*args, **statics)`` gives its
+    HLO)."""
+    from slamjax.algorithm import split_static
 
     mesh = agent_mesh() if mesh is None else mesh
     n = jnp.shape(jax.tree.leaves(x0)[0])[0]
+    # inputs placed first, so that init's Laplacian products already run on the mesh (on a
+    # mesh spanning several processes, unplaced arrays could not enter its shard_map)
+    data, x0, y0 = shard_problem_inputs(mesh, data=data, x0=x0, y0=y0, n=n)
     state = algorithm.init(x0, y0, data)
     if algorithm.check is not None:
         algorithm.check(params, state, data)
-    state, data = shard_problem_inputs(mesh, state=state, data=data, n=n)
+    state = shard_problem_inputs(mesh, state=state, n=n)
     params = replicate(params, mesh)
     key = replicate(key, mesh)
     dyn, static = split_static(algorithm)
-    return _jit_iterate(dyn, params, data, state, key, static=static, num_steps=int(num_steps),
-                        checkpoint_every=checkpoint_every)
+    return (dyn, params, data, state, key), dict(static=static, num_steps=int(num_steps),
+                                                  checkpoint_every=checkpoint_every)
 
 
 @partial(jax.jit, static_argnames=("static", "num_steps", "checkpoint_every"))

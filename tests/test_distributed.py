@@ -1,0 +1,275 @@
+"""slamjax.distributed: the sharded run on jax.distributed, with real processes.
+
+Two processes on 127.0.0.1 (gloo CPU collectives), each with 2 forced host devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=2``): 4 devices, agents split 1024 per
+device. Every test picks a free port at run time, writes only under its own ``tmp_path``,
+bounds every process by a timeout and kills what is left in ``finally`` (safe under
+pytest-xdist). The single-process references are computed in the test process itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import slamjax as sj
+from slamjax import distributed as dist
+from slamjax.problems.quadratic import make_quadratic
+
+N = 4096
+STEPS = 200
+PROC_TIMEOUT = 240  # seconds, per multi-process launch
+
+# every process runs this; process 0 writes the gathered results (once)
+WORKER = textwrap.dedent("""
+    import json, sys, time
+    from slamjax import distributed as dist
+    launch = dist.initialize(timeout=60)
+    import jax, jax.numpy as jnp, numpy as np
+    import slamjax as sj
+    from slamjax import sharding as sh
+    from slamjax.problems.quadratic import make_quadratic
+
+    out, n, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    mesh = dist.global_mesh()
+    report = {"process": jax.process_index(), "processes": jax.process_count(),
+              "devices": mesh.size, "local_devices": jax.local_device_count()}
+    rows = dist.process_rows(n, mesh)
+    report["rows"] = [rows.start, rows.stop]
+    arrays = {}
+    graphs = {"ring": sj.graphs.ring(n), "small_world": sj.graphs.small_world(n, seed=1)}
+    params = sj.SLAMParams.create(30.0, 30.0, 0.5, 1.0)
+    for name, g in graphs.items():
+        problem, data, x0, y0 = make_quadratic(n, 3, 4, 2, seed=0, noise=0.3)
+        # each process feeds only its own agents' rows
+        x0, y0, data = dist.from_local(mesh, n, *dist.local_rows((x0, y0, data), n, mesh))
+        report[name + "_local_shards"] = [list(s.index[0].indices(n)[:2])
+                                          for s in x0.addressable_shards]
+        pg = sh.partition_graph(g, mesh)
+        alg = sj.slam(problem, pg, sj.SLAMConfig())
+        t = time.perf_counter()
+        prog, args = dist.compile_solve(alg, params, data, x0, y0, jax.random.key(0), steps,
+                                        mesh=mesh)
+        t1 = time.perf_counter()
+        state = jax.block_until_ready(prog(*args))
+        report[name + "_seconds"] = {"compile": t1 - t, "run": time.perf_counter() - t1}
+        full = dist.gather({"x": state.x, "y": state.y, "u_x": state.u_x, "u_y": state.u_y})
+        arrays.update({f"{name}/{k}": v for k, v in full.items()})
+        # bytes moved by one step (the scan body's collectives), read from the compiled
+        # program, and the formula
+        hlo = prog.as_text()
+        proc = [d.process_index for d in mesh.devices.flat]
+        report[name + "_bytes"] = {"measured": dist.collective_bytes(hlo, proc),
+                                   "formula": dist.predicted_bytes(pg, 3 + 2 * 4),
+                                   "scheme": pg.scheme, "halo": pg.halo}
+    # n not divisible by the 4 devices: refused with a clear error
+    try:
+        dist.process_rows(n + 2, mesh)
+        report["not_divisible"] = None
+    except ValueError as e:
+        report["not_divisible"] = str(e)
+    if dist.is_main():
+        np.savez(out + ".npz", **arrays)
+        with open(out + ".json", "w") as fh:
+            json.dump(report, fh)
+    print("REPORT" + json.dumps(report), flush=True)
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(argvs, envs, timeout=PROC_TIMEOUT):
+    """Start one process per argv (with its env), wait for all (bounded), always kill what is
+    left. Returns [(returncode, stdout, stderr, seconds)]."""
+    procs, t0 = [], time.monotonic()
+    try:
+        for argv, env in zip(argvs, envs):
+            procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        out = []
+        for p in procs:
+            left = max(1.0, timeout - (time.monotonic() - t0))
+            o, e = p.communicate(timeout=left)
+            out.append((p.returncode, o, e, time.monotonic() - t0))
+        return out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def proc_env(devices=2, **extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(k, None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def two_process_envs(port, num=2):
+    return [proc_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=num,
+                     JAX_PROCESS_ID=k) for k in range(2)]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("dist") / "result")
+    port = free_port()
+    res = launch([[sys.executable, "-c", WORKER, out, str(N), str(STEPS)]] * 2,
+                 two_process_envs(port))
+    for rc, o, e, _ in res:
+        assert rc == 0, e[-3000:]
+    reports = [json.loads([ln for ln in o.splitlines() if ln.startswith("REPORT")][-1][6:])
+               for _, o, _, _ in res]
+    return out, reports, res
+
+
+def _reference(name):
+    g = {"ring": sj.graphs.ring(N), "small_world": sj.graphs.small_world(N, seed=1)}[name]
+    problem, data, x0, y0 = make_quadratic(N, 3, 4, 2, seed=0, noise=0.3)
+    params = sj.SLAMParams.create(30.0, 30.0, 0.5, 1.0)
+    alg = sj.slam(problem, g, sj.SLAMConfig())
+    return jax.jit(lambda a, p, d, x, y: sj.solve(a, p, d, x, y, jax.random.key(0), STEPS,
+                                                  check=False))(alg, params, data, x0, y0)
+
+
+def test_two_processes_split_the_agents(two_processes):
+    out, reports, _ = two_processes
+    assert [r["process"] for r in reports] == [0, 1]
+    for r in reports:
+        assert r["processes"] == 2 and r["devices"] == 4 and r["local_devices"] == 2
+    # each process owns one contiguous half and holds only its own rows on its devices
+    assert reports[0]["rows"] == [0, N // 2] and reports[1]["rows"] == [N // 2, N]
+    assert reports[0]["ring_local_shards"] == [[0, 1024], [1024, 2048]]
+    assert reports[1]["ring_local_shards"] == [[2048, 3072], [3072, 4096]]
+    # written once, by process 0
+    assert os.path.exists(out + ".npz")
+    assert json.load(open(out + ".json"))["process"] == 0
+
+
+@pytest.mark.parametrize("name", ["ring", "small_world"])
+def test_two_processes_match_one_process(two_processes, name):
+    out, _, _ = two_processes
+    got = np.load(out + ".npz")
+    ref = _reference(name)
+    for field in ("x", "y", "u_x", "u_y"):
+        a, b = got[f"{name}/{field}"], np.asarray(getattr(ref, field))
+        assert a.shape == b.shape == ((N, 3) if field in ("x", "u_x") else (N, 2, 4))
+        rel = np.max(np.abs(a - b)) / np.max(np.abs(b))
+        assert rel <= 1e-6, (name, field, rel)
+    # 200 steps moved the iterates (a run that did nothing could not match by accident)
+    assert np.max(np.abs(got[f"{name}/x"] - make_quadratic(N, 3, 4, 2, seed=0)[2])) > 0.1
+
+
+@pytest.mark.parametrize("name,scheme", [("ring", "halo"), ("small_world", "edges")])
+def test_bytes_per_step_match_the_formula(two_processes, name, scheme):
+    _, reports, _ = two_processes
+    b = reports[0][name + "_bytes"]
+    assert b["scheme"] == scheme
+    m, f = b["measured"], b["formula"]
+    assert m["total"] == f["total"] > 0, b
+    assert m["inter_process"] == f["inter_process"] > 0, b
+    if scheme == "halo":   # 2 products (x, y) × 2 directions × 4 devices, one row each
+        assert f["total"] == 2 * 4 * (3 + 2 * 4) * 4
+        assert f["inter_process"] == 2 * 2 * (3 + 2 * 4) * 4
+    else:
+        assert f["useful"] < f["total"]   # the all-to-all pads every pair to the largest halo
+
+
+def test_n_not_divisible_is_refused(two_processes):
+    _, reports, _ = two_processes
+    msg = reports[0]["not_divisible"]
+    assert msg and "refused" in msg and "4 devices" in msg and f"n={N + 4}" in msg
+
+
+ERROR_CASES = {
+    # process 1 of 2, nobody listens at the coordinator's port
+    "unreachable": ("from slamjax import distributed as d\n"
+                    "d.initialize('127.0.0.1:{port}', 2, 1, timeout=3)\n", [()]),
+    # process 0 of 2, process 1 never starts
+    "missing": ("from slamjax import distributed as d\n"
+                "d.initialize('127.0.0.1:{port}', 2, 0, timeout=3)\nprint('joined')\n", [()]),
+    # process 0 says 2 processes, process 1 says 3
+    "mismatch": ("import sys\nfrom slamjax import distributed as d\n"
+                 "d.initialize('127.0.0.1:{port}', int(sys.argv[1]), int(sys.argv[2]), "
+                 "timeout=30)\nprint('joined')\n", [("2", "0"), ("3", "1")]),
+}
+
+
+@pytest.fixture(scope="module")
+def error_cases():
+    """All error launches at once (they mostly wait for their timeouts); each bounded."""
+    procs, out = {}, {}
+    t0 = time.monotonic()
+    try:
+        for name, (code, argvs) in ERROR_CASES.items():
+            code = code.replace("{port}", str(free_port()))
+            procs[name] = [subprocess.Popen([sys.executable, "-c", code, *a], env=proc_env(1),
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True) for a in argvs]
+        for name, ps in procs.items():
+            res = []
+            for p in ps:
+                o, e = p.communicate(timeout=max(1.0, 120 - (time.monotonic() - t0)))
+                res.append((p.returncode, o, e, time.monotonic() - t0))
+            out[name] = res
+        return out
+    finally:
+        for ps in procs.values():
+            for p in ps:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()
+
+
+def test_unreachable_coordinator_is_a_clear_error(error_cases):
+    (rc, o, e, secs), = error_cases["unreachable"]
+    assert rc != 0
+    assert "CoordinatorUnreachable" in e and "did not accept a connection within 3 s" in e, \
+        e[-2000:]
+    assert secs < 60
+
+
+def test_missing_process_times_out_with_exit_code(error_cases):
+    (rc, o, e, secs), = error_cases["missing"]
+    assert rc == dist.EXIT_JOIN_TIMEOUT, (rc, e[-2000:])
+    assert "not all processes joined" in e and "Expected 2 processes" in e
+    assert "joined" not in o
+    assert secs < 60
+
+
+def test_process_count_mismatch(error_cases):
+    rc1, _, e1, _ = error_cases["mismatch"][1]
+    assert rc1 != 0 and "process count mismatch" in e1, e1[-2000:]
+    assert "num_processes=3" in e1 and "runs 2" in e1
+
+
+def test_resolve_launch_settings():
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:12355", "JAX_NUM_PROCESSES": "4",
+           "JAX_PROCESS_ID": "3"}
+    assert dist.resolve(env=env) == dist.Launch("10.0.0.1:12355", 4, 3)
+    assert dist.resolve(process_id=1, env=env).process_id == 1   # arguments win
+    assert dist.resolve(env={}) == dist.Launch(None, None, None)  # cluster auto-detection
+    with pytest.raises(ValueError, match="missing --num-processes"):
+        dist.resolve("h:1", None, 0, env={})
+    with pytest.raises(ValueError, match="outside 0..3"):
+        dist.resolve("h:1", 4, 4, env={})
+    with pytest.raises(ValueError, match="host:port"):
+        dist.resolve("h", 2, 0, env={})
+    with pytest.raises(ValueError, match="not an integer"):
+        dist.resolve(env={**env, "JAX_PROCESS_ID": "x"})
