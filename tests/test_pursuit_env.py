@@ -356,6 +356,13 @@ def test_evader_actions_injected_or_drawn_from_key():
     assert (np.asarray(s1.evader_pos) != np.asarray(s3.evader_pos)).any()
     s4 = step(jax.random.key(1), state, acts, jnp.full((4,), 4, jnp.int32)).state
     np.testing.assert_array_equal(s4.evader_pos, state.evader_pos)
+    # drawn actions are uniform over the 5 moves (evaders on open interior cells)
+    open_state = env.make_state([[0, 0]] * 4, [[2, 2], [2, 12], [12, 2], [12, 12]])
+    keys = jax.random.split(jax.random.key(3), 2500)
+    moved = jax.vmap(lambda k: step(k, open_state, acts).state.evader_pos)(keys)
+    delta = (np.asarray(moved) - np.asarray(open_state.evader_pos)).reshape(-1, 2)
+    freq = [np.mean((delta == m).all(1)) for m in MOVES]
+    np.testing.assert_allclose(freq, 0.2, atol=0.02)  # 10000 draws: sd 0.004
     frozen = PursuitEnv(n_pursuers=4, n_evaders=4, freeze_evaders=True)
     s5 = _jit(frozen)[0](jax.random.key(1), state, acts).state
     np.testing.assert_array_equal(s5.evader_pos, state.evader_pos)

@@ -67,7 +67,8 @@ Actions (``Discrete(5)``, ``DiscreteAgent.motion_range``): ``0`` x-1, ``1`` x+1,
    even if it helped capture several evaders.  Captured evaders are removed (here: marked dead;
    they no longer count anywhere and keep their last cell).
 4. Then every remaining evader takes a uniform random action in ``{0, ..., 4}``
-   (``RandomPolicy``; ``freeze_evaders=True`` makes them stay) with the same move rule.  The
+   (``RandomPolicy``; drawn here as ``floor(5 h / 2^24)`` of 24 random bits ``h``, uniform
+   to within ``2^-24``; ``freeze_evaders=True`` makes them stay) with the same move rule.  The
    evaders' actions can be passed to :meth:`PursuitEnv.step` (``evader_actions``, one per
    evader, ignored for dead ones) for parity with the reference; otherwise they are drawn from
    the step key.
@@ -226,6 +227,15 @@ class PursuitStep(NamedTuple):
     truncated: jax.Array  # () bool: t reached max_cycles
     captured: jax.Array  # (n_evaders,) bool: evaders captured in this step
     capturer: jax.Array  # (n_pursuers,) bool: pursuers that earned the capture reward
+
+
+def _uniform_actions(key: jax.Array, n: int) -> jax.Array:
+    """``n`` uniform actions in ``{0, ..., 4}`` from one 32-bit word each: the top 24 bits
+    ``h`` give ``floor(5 h / 2^24)`` (probabilities within ``1 / 2^24`` of 1/5).  Half the
+    random words of ``jax.random.randint``, which draws two per value; the random bits are
+    most of the cost of a step."""
+    bits = jax.random.bits(key, (n,), jnp.uint32)
+    return (((bits >> 8) * jnp.uint32(NUM_ACTIONS)) >> 24).astype(jnp.int32)
 
 
 def _is_tracer(x) -> bool:
@@ -479,7 +489,7 @@ class PursuitEnv:
         if self.freeze_evaders:
             ev_act = jnp.full((self.n_evaders,), NUM_ACTIONS - 1, jnp.int32)
         elif evader_actions is None:
-            ev_act = jax.random.randint(key, (self.n_evaders,), 0, NUM_ACTIONS, dtype=jnp.int32)
+            ev_act = _uniform_actions(key, self.n_evaders)
         else:
             ev_act = evader_actions
         e_new = jnp.where(alive_new, next_cell[e_flat, ev_act], e_flat)
