@@ -85,6 +85,55 @@ WORKER = textwrap.dedent("""
 """)
 
 
+# a peer (D-SOBA: gossip with Metropolis weights) on both schemes, and jax.grad through the
+# sharded solve
+PEER_STEPS, GRAD_STEPS = 50, 20
+WORKER_PEER_GRAD = textwrap.dedent("""
+    import json, sys
+    from slamjax import distributed as dist
+    dist.initialize(timeout=60)
+    import jax, jax.numpy as jnp, numpy as np
+    import slamjax as sj
+    from slamjax import sharding as sh
+    from slamjax.algorithm import merge_static, split_static
+    from slamjax.problems.quadratic import make_quadratic
+
+    out, n, peer_steps, grad_steps = sys.argv[1], *map(int, sys.argv[2:5])
+    mesh = dist.global_mesh()
+    arrays, report = {}, {}
+    graphs = {"ring": sj.graphs.ring(n), "small_world": sj.graphs.small_world(n, seed=1)}
+    for name, g in graphs.items():
+        problem, data, x0, y0 = make_quadratic(n, 3, 4, 2, seed=0, noise=0.3)
+        x0, y0, data = dist.from_local(mesh, n, *dist.local_rows((x0, y0, data), n, mesh))
+        pg = sh.partition_graph(g, mesh)
+        alg = sj.make_algorithm("dsoba", problem, pg)
+        params = sj.REGISTRY["dsoba"].default_params()
+        prog, args = dist.compile_solve(alg, params, data, x0, y0, jax.random.key(0),
+                                        peer_steps, mesh=mesh)
+        state = prog(*args)
+        report[name + "_ops"] = dist.collective_bytes(
+            prog.as_text(), [d.process_index for d in mesh.devices.flat])["ops"]
+        arrays.update({f"dsoba/{name}/{k}": v for k, v in
+                       dist.gather({"x": state.x, "y": state.y, "z": state.z}).items()})
+    # d(mean_i |x_i|^2 after T SLAM steps) / d(alpha, beta, rho, gamma) on the small world
+    slam = sj.slam(problem, pg, sj.SLAMConfig())
+    dyn, static = split_static(slam)
+
+    def loss(p, dyn, data, x0, y0):
+        st = sj.solve(merge_static(dyn, static), p, data, x0, y0, jax.random.key(0),
+                      grad_steps, check=False)
+        return jnp.mean(jnp.sum(st.x ** 2, axis=-1))
+
+    p = sh.replicate(sj.SLAMParams.create(30.0, 30.0, 0.5, 1.0), mesh)
+    val, grad = jax.jit(jax.value_and_grad(loss))(p, dyn, data, x0, y0)
+    report["loss"] = float(val)
+    report["grad"] = [float(v) for v in grad]
+    if dist.is_main():
+        np.savez(out + ".npz", **arrays)
+    print("REPORT" + json.dumps(report), flush=True)
+""")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,13 +188,33 @@ def two_processes(tmp_path_factory):
     return out, reports, res
 
 
+@pytest.fixture(scope="module")
+def peer_and_grad(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("dist_peer") / "result")
+    res = launch([[sys.executable, "-c", WORKER_PEER_GRAD, out, str(N), str(PEER_STEPS),
+                   str(GRAD_STEPS)]] * 2, two_process_envs(free_port()))
+    for rc, o, e, _ in res:
+        assert rc == 0, e[-3000:]
+    reports = [json.loads([ln for ln in o.splitlines() if ln.startswith("REPORT")][-1][6:])
+               for _, o, _, _ in res]
+    return np.load(out + ".npz"), reports
+
+
 def _reference(name):
     g = {"ring": sj.graphs.ring(N), "small_world": sj.graphs.small_world(N, seed=1)}[name]
     problem, data, x0, y0 = make_quadratic(N, 3, 4, 2, seed=0, noise=0.3)
     params = sj.SLAMParams.create(30.0, 30.0, 0.5, 1.0)
-    alg = sj.slam(problem, g, sj.SLAMConfig())
-    return jax.jit(lambda a, p, d, x, y: sj.solve(a, p, d, x, y, jax.random.key(0), STEPS,
-                                                  check=False))(alg, params, data, x0, y0)
+    return _solve_one_device(sj.slam(problem, g, sj.SLAMConfig()), params, data, x0, y0, STEPS)
+
+
+def _solve_one_device(alg, params, data, x0, y0, steps):
+    """slamjax.solve under one jit (no eager checks: the reference only)."""
+    from slamjax.algorithm import merge_static, split_static
+
+    dyn, static = split_static(alg)
+    fn = jax.jit(lambda dyn, p, d, x, y: sj.solve(merge_static(dyn, static), p, d, x, y,
+                                                  jax.random.key(0), steps, check=False))
+    return fn(dyn, params, data, x0, y0)
 
 
 def test_two_processes_split_the_agents(two_processes):
@@ -174,6 +243,43 @@ def test_two_processes_match_one_process(two_processes, name):
         assert rel <= 1e-6, (name, field, rel)
     # 200 steps moved the iterates (a run that did nothing could not match by accident)
     assert np.max(np.abs(got[f"{name}/x"] - make_quadratic(N, 3, 4, 2, seed=0)[2])) > 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,collective", [("ring", "collective-permute"),
+                                             ("small_world", "all-to-all")])
+def test_peer_two_processes_match_one_process(peer_and_grad, name, collective):
+    got, reports = peer_and_grad
+    g = {"ring": sj.graphs.ring(N), "small_world": sj.graphs.small_world(N, seed=1)}[name]
+    problem, data, x0, y0 = make_quadratic(N, 3, 4, 2, seed=0, noise=0.3)
+    alg = sj.make_algorithm("dsoba", problem, g)
+    params = sj.REGISTRY["dsoba"].default_params()
+    ref = _solve_one_device(alg, params, data, x0, y0, PEER_STEPS)
+    for field in ("x", "y", "z"):
+        a, b = got[f"dsoba/{name}/{field}"], np.asarray(getattr(ref, field))
+        rel = np.max(np.abs(a - b)) / np.max(np.abs(b))
+        assert rel <= 1e-6, (name, field, rel)
+    # gossip ran on the partitioned graph's own collectives (no all-gather of the state)
+    ops = reports[0][name + "_ops"]
+    assert ops.get(collective, 0) >= 1 and "all-gather" not in ops, ops
+
+
+@pytest.mark.slow
+def test_grad_through_the_distributed_solve(peer_and_grad):
+    _, reports = peer_and_grad
+    g = sj.graphs.small_world(N, seed=1)
+    problem, data, x0, y0 = make_quadratic(N, 3, 4, 2, seed=0, noise=0.3)
+    alg = sj.slam(problem, g, sj.SLAMConfig())
+
+    def loss(p):
+        st = sj.solve(alg, p, data, x0, y0, jax.random.key(0), GRAD_STEPS, check=False)
+        return jax.numpy.mean(jax.numpy.sum(st.x ** 2, axis=-1))
+
+    val, grad = jax.jit(jax.value_and_grad(loss))(sj.SLAMParams.create(30.0, 30.0, 0.5, 1.0))
+    for r in reports:   # both processes hold the same (replicated) numbers
+        np.testing.assert_allclose(r["loss"], float(val), rtol=1e-5)
+        np.testing.assert_allclose(r["grad"], [float(v) for v in grad], rtol=1e-4, atol=1e-7)
+    assert max(abs(float(v)) for v in grad) > 0
 
 
 @pytest.mark.parametrize("name,scheme", [("ring", "halo"), ("small_world", "edges")])
@@ -273,3 +379,30 @@ def test_resolve_launch_settings():
         dist.resolve("h", 2, 0, env={})
     with pytest.raises(ValueError, match="not an integer"):
         dist.resolve(env={**env, "JAX_PROCESS_ID": "x"})
+
+
+@pytest.mark.slow
+def test_cli_distributed_matches_cli(tmp_path):
+    """`slamjax run --distributed` on 2 processes × 2 devices gives the metrics of the
+    single-process `slamjax run`; process 0 alone prints the table and writes the JSON."""
+    common = ["run", "--n", "64", "--steps", "20", "--log-every", "10", "--graph",
+              "small_world", "--variant", "slam", "--no-plot", "--no-progress"]
+    port = free_port()
+    argvs = [[sys.executable, "-m", "slamjax.cli", *common, "--out", str(tmp_path / "dist"),
+              "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+              "--process-id", str(k)] for k in range(2)]
+    res = launch(argvs, [proc_env(2), proc_env(2)])
+    for rc, o, e, _ in res:
+        assert rc == 0, e[-3000:]
+    assert "final metrics" in res[0][1] and "final metrics" not in res[1][1]
+    assert "2 process(es), 4 devices" in res[0][1]
+    (rc, o, e, _), = launch([[sys.executable, "-m", "slamjax.cli", *common, "--out",
+                              str(tmp_path / "one")]], [proc_env(1)])
+    assert rc == 0, e[-3000:]
+    d = json.load(open(tmp_path / "dist" / "main.json"))
+    one = json.load(open(tmp_path / "one" / "main.json"))
+    assert d["distributed"]["processes"] == 2 and d["distributed"]["scheme"] == "edges"
+    fd, f1 = d["variants"]["slam"]["final"], one["variants"]["slam"]["final"]
+    for k in ("grad_F_sq", "consensus_x", "consensus_y", "ll_error"):
+        assert abs(fd[k] - f1[k]) <= 1e-5 * abs(f1[k]) + 1e-9, (k, fd[k], f1[k])
+    assert sorted(os.listdir(tmp_path / "dist")) == ["main.json"]
