@@ -445,3 +445,41 @@ def test_bad_configuration_and_inputs_raise():
     with pytest.raises(ValueError, match="shape"):
         env.make_state([[0, 0]], [[2, 2]])
     assert isinstance(state, PursuitState)
+
+
+# ----------------------------------------------------------------------------- CNN
+def test_cnn_actor_critic_shapes_and_agent_vmap():
+    from slamjax.rl.cnn import CNNActor, CNNCritic
+
+    env = PursuitEnv(n_pursuers=4, n_evaders=4)
+    states = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.key(0), 6))
+    g = np.asarray(jax.jit(jax.vmap(env.global_state))(states))  # (6, 3, 15, 15)
+    g2 = g.copy()
+    g2[:, 0, 0, 0] += 1.0  # one more pursuer on cell (0, 0)
+    rng = np.random.default_rng(0)
+
+    def check(module, params, g, g2):  # one compilation per module (compiles are slow here)
+        out = jax.vmap(module.apply, in_axes=(0, None))(params, g)
+        p_0 = jax.tree.map(lambda a: a[0], params)
+        loop = jnp.stack([module.apply(jax.tree.map(lambda a: a[i], params), g) for i in range(4)])
+        grads = jax.grad(lambda p: jnp.sum(module.apply(p, g) ** 2))(p_0)
+        return out, loop, module.apply(p_0, g[0]), module.apply(p_0, g2), grads
+
+    for module, out_shape, n_params in ((CNNActor(), (6, 5), 5317), (CNNCritic(), (6,), 2177)):
+        # parameter shapes from tracing init (flax's own initialisers are not under test and
+        # compile slowly on a loaded CPU); 4 agents with different random parameters
+        shapes = jax.eval_shape(module.init, jax.random.key(0), g[0])
+        assert set(shapes["params"]) == {"conv1", "conv2", "out"}
+        assert shapes["params"]["conv1"]["kernel"].shape == (3, 3, 3, 8)
+        assert shapes["params"]["conv2"]["kernel"].shape == (3, 3, 8, 16)
+        assert sum(a.size for a in jax.tree.leaves(shapes)) == n_params
+        params = jax.tree.map(lambda a: rng.normal(0, 0.2, (4,) + a.shape).astype(np.float32), shapes)
+        out, loop, single, more, grads = jax.jit(functools.partial(check, module))(params, g, g2)
+        assert out.shape == (4,) + out_shape and single.shape == out_shape[1:]
+        np.testing.assert_allclose(out, loop, rtol=1e-5, atol=1e-5)  # vmap = each agent's own net
+        np.testing.assert_allclose(single, out[0, 0], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(out[0], out[1])  # different agents, different outputs
+        assert not np.allclose(more, out[0])  # counts reach the network
+        assert all(np.isfinite(a).all() and np.abs(a).sum() > 0 for a in jax.tree.leaves(grads))
+    with pytest.raises(ValueError, match="channels"):
+        jax.eval_shape(CNNCritic().init, jax.random.key(0), jnp.zeros((15, 15)))
