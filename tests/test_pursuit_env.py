@@ -199,6 +199,18 @@ def test_parity_surround_pettingzoo_rules(freeze):
     assert captures > 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("env", [PAPER_4x4, PAPER_8x30_SHARED, PursuitEnv(8, 30)],
+                         ids=["4p4e_local", "8p30e_shared", "8p30e_local"])
+def test_parity_many_seeds(env):
+    """20 more whole episodes per configuration (seeds 10..29, both spawn directions)."""
+    total = 0
+    for seed in range(10, 30):
+        steps, _, _, _ = _run_parity(env, seed, "jax" if seed % 2 else "ref")
+        total += steps
+    assert total >= 20
+
+
 def test_parity_termination_and_truncation_precedence():
     """Episodes that end by capturing every evader; then the same episode with max_cycles equal
     to that step: truncation wins in both envs."""
