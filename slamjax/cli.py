@@ -48,6 +48,8 @@ REPRODUCE = {
     "fig5": ("navigation.py", ["--figure", "5"]),
     "fig6": ("navigation.py", ["--figure", "6"]),
     "fig7": ("navigation.py", ["--figure", "7"]),
+    # issue 13: Figs 1/5/7 redone with reward heterogeneity, sparse graphs and controls
+    "navigation_hetero": ("navigation_hetero.py", []),
 }
 
 
