@@ -30,9 +30,10 @@ Reset (``Pursuit.reset`` with ``constraint_window=1.0``, the only window impleme
   and evaders may start on the same or adjacent cells.  The random stream differs from the
   reference's NumPy generator; the distribution is the same.  ``t = 0``, all evaders alive.
 * Placement can only fail when the cells run out.  Each placed agent removes at most 5 free
-  cells (its own and 4 neighbours), so placement always succeeds iff enough cells remain for the
-  worst case: this module requires ``free_cells >= 5 (n - 1) + 1`` for each kind and raises
-  ``ValueError`` otherwise (the reference would loop forever when it runs out).
+  cells (its own and 4 neighbours), so placement is guaranteed to succeed when
+  ``free_cells >= 5 (n - 1) + 1``; this module requires that for each kind and raises
+  ``ValueError`` otherwise (the reference would loop forever if it ran out; with fewer cells
+  it may or may not succeed, depending on the draw).
 
 Step (one parallel step = one AEC cycle: ``n_pursuers`` sub-steps, then the evaders)
 -----------------------------------------------------------------------------------
