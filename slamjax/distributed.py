@@ -168,6 +168,8 @@ def resolve(coordinator: str | None = None, num_processes: int | None = None,
              "--process-id / $" + ENV_PROCESS_ID: k}
     if all(v is None for v in given.values()):
         return Launch(None, None, None)
+    if n == 1 and k in (None, 0):   # one process: nothing to join, no coordinator needed
+        return Launch(c, 1, 0)
     missing = [name for name, v in given.items() if v is None]
     if missing:
         raise ValueError("distributed launch: missing " + ", ".join(missing) + " (give all "
@@ -272,6 +274,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
             # JAX's own deadline a little after ours, so the watchdog speaks first
             initialization_timeout=int(timeout) + 10)
         count = jax.process_count()   # starts the backend: the topology exchange
+    except ValueError as e:
+        if launch.coordinator is None and "should be defined" in str(e):
+            raise ValueError(
+                "distributed launch: no coordinator address, process count or process id "
+                "given, and JAX detected no cluster (SLURM, Open MPI, Kubernetes, Cloud TPU) "
+                f"to read them from ({e}). Pass --coordinator/--num-processes/--process-id "
+                f"or set ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID}; "
+                f"{ENV_NUM_PROCESSES}=1 runs a single process") from None
+        raise
     finally:
         done.set()
     if launch.num_processes is not None and count != launch.num_processes:

@@ -176,19 +176,6 @@ def two_process_envs(port, num=2):
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("dist") / "result")
-    port = free_port()
-    res = launch([[sys.executable, "-c", WORKER, out, str(N), str(STEPS)]] * 2,
-                 two_process_envs(port))
-    for rc, o, e, _ in res:
-        assert rc == 0, e[-3000:]
-    reports = [json.loads([ln for ln in o.splitlines() if ln.startswith("REPORT")][-1][6:])
-               for _, o, _, _ in res]
-    return out, reports, res
-
-
-@pytest.fixture(scope="module")
 def peer_and_grad(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("dist_peer") / "result")
     res = launch([[sys.executable, "-c", WORKER_PEER_GRAD, out, str(N), str(PEER_STEPS),
@@ -217,12 +204,24 @@ def _solve_one_device(alg, params, data, x0, y0, steps):
     return fn(dyn, params, data, x0, y0)
 
 
-def test_two_processes_split_the_agents(two_processes):
-    out, reports, _ = two_processes
+def test_two_processes_match_one_process(tmp_path):
+    """The must-show run: 2 processes × 2 devices, n = 4096, 200 SLAM steps on a ring (halo
+    exchange) and a small world (partitioned edges) equal one process to ≤ 1e-6 relative;
+    bytes per step from the compiled program equal the formula; n not divisible is refused.
+    One test function, so that the processes start once even under pytest-xdist."""
+    out = str(tmp_path / "result")
+    res = launch([[sys.executable, "-c", WORKER, out, str(N), str(STEPS)]] * 2,
+                 two_process_envs(free_port()))
+    for rc, o, e, _ in res:
+        assert rc == 0, e[-3000:]
+    reports = [json.loads([ln for ln in o.splitlines() if ln.startswith("REPORT")][-1][6:])
+               for _, o, _, _ in res]
+
+    # the launch: 2 processes, 4 devices; each process owns one contiguous half and holds
+    # only its own rows on its devices
     assert [r["process"] for r in reports] == [0, 1]
     for r in reports:
         assert r["processes"] == 2 and r["devices"] == 4 and r["local_devices"] == 2
-    # each process owns one contiguous half and holds only its own rows on its devices
     assert reports[0]["rows"] == [0, N // 2] and reports[1]["rows"] == [N // 2, N]
     assert reports[0]["ring_local_shards"] == [[0, 1024], [1024, 2048]]
     assert reports[1]["ring_local_shards"] == [[2048, 3072], [3072, 4096]]
@@ -230,19 +229,35 @@ def test_two_processes_split_the_agents(two_processes):
     assert os.path.exists(out + ".npz")
     assert json.load(open(out + ".json"))["process"] == 0
 
-
-@pytest.mark.parametrize("name", ["ring", "small_world"])
-def test_two_processes_match_one_process(two_processes, name):
-    out, _, _ = two_processes
+    # the numbers equal one process (all of x, y and the duals)
     got = np.load(out + ".npz")
-    ref = _reference(name)
-    for field in ("x", "y", "u_x", "u_y"):
-        a, b = got[f"{name}/{field}"], np.asarray(getattr(ref, field))
-        assert a.shape == b.shape == ((N, 3) if field in ("x", "u_x") else (N, 2, 4))
-        rel = np.max(np.abs(a - b)) / np.max(np.abs(b))
-        assert rel <= 1e-6, (name, field, rel)
-    # 200 steps moved the iterates (a run that did nothing could not match by accident)
-    assert np.max(np.abs(got[f"{name}/x"] - make_quadratic(N, 3, 4, 2, seed=0)[2])) > 0.1
+    x_init = make_quadratic(N, 3, 4, 2, seed=0)[2]
+    for name in ("ring", "small_world"):
+        ref = _reference(name)
+        for field in ("x", "y", "u_x", "u_y"):
+            a, b = got[f"{name}/{field}"], np.asarray(getattr(ref, field))
+            assert a.shape == b.shape == ((N, 3) if field in ("x", "u_x") else (N, 2, 4))
+            rel = np.max(np.abs(a - b)) / np.max(np.abs(b))
+            assert rel <= 1e-6, (name, field, rel)
+        # 200 steps moved the iterates (a run that did nothing could not match by accident)
+        assert np.max(np.abs(got[f"{name}/x"] - x_init)) > 0.1
+
+    # bytes moved per step, from the compiled program, equal the formula
+    for name, scheme in (("ring", "halo"), ("small_world", "edges")):
+        b = reports[0][name + "_bytes"]
+        assert b["scheme"] == scheme
+        m, f = b["measured"], b["formula"]
+        assert m["total"] == f["total"] > 0, b
+        assert m["inter_process"] == f["inter_process"] > 0, b
+        if scheme == "halo":   # 2 products (x, y) × 2 directions × 4 devices, one row each
+            assert f["total"] == 2 * 4 * (3 + 2 * 4) * 4
+            assert f["inter_process"] == 2 * 2 * (3 + 2 * 4) * 4
+        else:                  # the all-to-all pads every pair to the largest halo
+            assert f["useful"] < f["total"]
+
+    # n not divisible by the 4 devices: refused, with the reason and a fix
+    msg = reports[0]["not_divisible"]
+    assert msg and "refused" in msg and "4 devices" in msg and f"n={N + 4}" in msg
 
 
 @pytest.mark.slow
@@ -282,27 +297,6 @@ def test_grad_through_the_distributed_solve(peer_and_grad):
     assert max(abs(float(v)) for v in grad) > 0
 
 
-@pytest.mark.parametrize("name,scheme", [("ring", "halo"), ("small_world", "edges")])
-def test_bytes_per_step_match_the_formula(two_processes, name, scheme):
-    _, reports, _ = two_processes
-    b = reports[0][name + "_bytes"]
-    assert b["scheme"] == scheme
-    m, f = b["measured"], b["formula"]
-    assert m["total"] == f["total"] > 0, b
-    assert m["inter_process"] == f["inter_process"] > 0, b
-    if scheme == "halo":   # 2 products (x, y) × 2 directions × 4 devices, one row each
-        assert f["total"] == 2 * 4 * (3 + 2 * 4) * 4
-        assert f["inter_process"] == 2 * 2 * (3 + 2 * 4) * 4
-    else:
-        assert f["useful"] < f["total"]   # the all-to-all pads every pair to the largest halo
-
-
-def test_n_not_divisible_is_refused(two_processes):
-    _, reports, _ = two_processes
-    msg = reports[0]["not_divisible"]
-    assert msg and "refused" in msg and "4 devices" in msg and f"n={N + 4}" in msg
-
-
 ERROR_CASES = {
     # process 1 of 2, nobody listens at the coordinator's port
     "unreachable": ("from slamjax import distributed as d\n"
@@ -317,9 +311,9 @@ ERROR_CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def error_cases():
-    """All error launches at once (they mostly wait for their timeouts); each bounded."""
+def test_startup_errors_are_clear_and_bounded():
+    """Unreachable coordinator, a process that never starts, a process told another count:
+    each a clear message within a bounded time (launched together: they mostly wait)."""
     procs, out = {}, {}
     t0 = time.monotonic()
     try:
@@ -329,12 +323,10 @@ def error_cases():
                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True) for a in argvs]
         for name, ps in procs.items():
-            res = []
+            out[name] = []
             for p in ps:
                 o, e = p.communicate(timeout=max(1.0, 120 - (time.monotonic() - t0)))
-                res.append((p.returncode, o, e, time.monotonic() - t0))
-            out[name] = res
-        return out
+                out[name].append((p.returncode, o, e, time.monotonic() - t0))
     finally:
         for ps in procs.values():
             for p in ps:
@@ -342,25 +334,20 @@ def error_cases():
                     p.kill()
                     p.communicate()
 
-
-def test_unreachable_coordinator_is_a_clear_error(error_cases):
-    (rc, o, e, secs), = error_cases["unreachable"]
+    # process 1 and no coordinator: a Python exception after the 3 s timeout
+    (rc, o, e, secs), = out["unreachable"]
     assert rc != 0
     assert "CoordinatorUnreachable" in e and "did not accept a connection within 3 s" in e, \
         e[-2000:]
     assert secs < 60
-
-
-def test_missing_process_times_out_with_exit_code(error_cases):
-    (rc, o, e, secs), = error_cases["missing"]
+    # process 0 waits for a process that never comes: the watchdog's message and exit code
+    (rc, o, e, secs), = out["missing"]
     assert rc == dist.EXIT_JOIN_TIMEOUT, (rc, e[-2000:])
     assert "not all processes joined" in e and "Expected 2 processes" in e
     assert "joined" not in o
     assert secs < 60
-
-
-def test_process_count_mismatch(error_cases):
-    rc1, _, e1, _ = error_cases["mismatch"][1]
+    # a process started with another count than the coordinator's
+    rc1, _, e1, _ = out["mismatch"][1]
     assert rc1 != 0 and "process count mismatch" in e1, e1[-2000:]
     assert "num_processes=3" in e1 and "runs 2" in e1
 
@@ -371,6 +358,7 @@ def test_resolve_launch_settings():
     assert dist.resolve(env=env) == dist.Launch("10.0.0.1:12355", 4, 3)
     assert dist.resolve(process_id=1, env=env).process_id == 1   # arguments win
     assert dist.resolve(env={}) == dist.Launch(None, None, None)  # cluster auto-detection
+    assert dist.resolve(num_processes=1, env={}) == dist.Launch(None, 1, 0)  # one process
     with pytest.raises(ValueError, match="missing --num-processes"):
         dist.resolve("h:1", None, 0, env={})
     with pytest.raises(ValueError, match="outside 0..3"):
