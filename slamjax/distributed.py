@@ -45,9 +45,11 @@ accelerator (then restrict each process to its device, ``JAX_LOCAL_DEVICE_IDS``/
 
 (or ``--coordinator``, ``--num-processes``, ``--process-id``). Under SLURM
 (``srun --ntasks-per-node=1 slamjax run --distributed ...``) or ``mpirun`` the three may be left
-out: JAX reads them from the scheduler. On CPU nodes set ``XLA_FLAGS`` only if you want several
-devices per process (``--xla_force_host_platform_device_count=c``; one device per process
-already uses all cores of the host for the per-agent work).
+out: JAX reads them from the scheduler. On CPU nodes, ``XLA_FLAGS=
+--xla_force_host_platform_device_count=c`` gives a process c devices (c agent blocks); one
+device already runs its block on XLA's intra-op threads. Which is faster depends on the host:
+on this 2-core machine at n = 2²⁰, 4 devices in one process ran the ring 1.2× and the small
+world 0.8× as fast as one device (``experiments/bench_distributed.py``).
 
 Errors (never a silent hang): a coordinator that cannot be reached within ``timeout`` seconds
 is a :class:`CoordinatorUnreachable` exception (the port is probed before JAX connects);
@@ -81,20 +83,30 @@ With D devices in P processes (each process a contiguous block of agents), b byt
   useful payload is ``Σ_{k≠j} h_kj·d·b ≤ 2·c·d·b`` for c cut (undirected) edges, and the
   all-to-all pads every pair to the largest halo M: ``D·(D−1)·M·d·b`` bytes moved per step
   (between processes: the pairs (k, j) in different processes).
-* Logging metrics (every ``log_every`` steps, not per step) all-gathers the state for the
-  edge-wise disagreement; the final :func:`gather` moves the state once.
+* Logging metrics (every ``log_every`` steps, not per step) runs the edge-wise disagreement on
+  the global edge list with the partitioner's own collectives (it may gather the state);
+  the final :func:`gather` moves the state once. Neither is part of a step.
 
-Paper estimate, n = 10⁸ agents on a 2-D torus (10⁴ × 10⁴) over 64 hosts, one process per host,
-split by rows (156–157 rows per host), d_x = 10, m = 2, d_y = 10 (d = 30), float32: a host
-sends 2 boundary rows × 10⁴ agents × 30 numbers × 4 B = 2.4 MB per step (and receives as
-much); all hosts together 154 MB per step. On 10 Gb/s links (1.25 GB/s each way) that is
-≈ 2 ms per step, overlappable with compute; at 25 Gb/s ≈ 0.8 ms. The compute it hides behind:
-1.56·10⁶ agents per host at the ≈1.1·10⁶ agent-steps/s measured for this problem on 2 CPU cores
-(``experiments/bench_distributed.py``) is ≈ 1.4 s per step on a 2-core host, ≈ 90 ms on a
-32-core one — so the run is compute-bound by 1–3 orders of magnitude. The state (x, y, two
-duals, two Laplacian caches ≈ 6·30 floats per agent) is 72 GB in total, 1.1 GB per host.
-Splitting the torus into an 8 × 8 grid of blocks instead of row bands would cut the halo to
-4 × 1250 agents (5000 instead of 20000 per host) but is not implemented (rows only).
+Paper estimate, n = 10⁸ agents on a 2-D torus over 64 hosts, one process per host. The torus
+is split by rows, so its row count must be a multiple of 64: take 9984 × 10016 (= 0.99999·10⁸;
+156 rows per host). d_x = 10, m = 2, d_y = 10 (d = 30 numbers per agent per step), float32.
+
+* per host and step: 2 boundary rows × 10016 agents × 30 × 4 B = 2.40 MB sent (and as much
+  received), whatever n is; all hosts together 154 MB per step. On 10 Gb/s links
+  (1.25 GB/s each way) ≈ 1.9 ms per step, on 25 Gb/s ≈ 0.8 ms; plus the collectives'
+  latency (4 ppermutes per step; gloo over loopback measured ≈ 4 ms each on this loaded
+  2-core machine, against 0.13 ms for the same ppermute between devices of one process;
+  not measured on a real network);
+* compute it sits next to: 1.56·10⁶ agents per host at the 3.9–4.7·10⁵ agent-steps/s measured
+  for this problem on this 2-core CPU (``experiments/bench_distributed.py``, n = 2²⁰, load ≈ 10)
+  is ≈ 3.3–4.0 s per step on a 2-core host, ≈ 0.2–0.3 s on a 32-core one if the per-agent work
+  scales with cores (an extrapolation): communication is ≲ 1–10 % of a step, i.e. the run is
+  compute-bound;
+* memory: the SLAM state (x, y, their duals and Laplacian caches: 3·(10 + 20) = 90 floats)
+  plus the agents' data (b, p, t: 50 floats) is 560 B per agent: 56 GB in total, 0.9 GB per
+  host (plus the step's temporaries: the CG vectors of the eq.-(23) solve);
+* splitting the torus into an 8 × 8 grid of blocks instead of row bands would cut the halo to
+  4 sides × 1250 agents (5000 instead of 20032 agents per host) — not implemented (rows only).
 """
 
 from __future__ import annotations
@@ -107,7 +119,7 @@ import sys
 import threading
 import time
 import zlib
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -119,8 +131,8 @@ from slamjax.sharding import AXIS
 __all__ = ["ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "EXIT_JOIN_TIMEOUT",
            "CoordinatorUnreachable", "Launch", "resolve", "initialize", "is_main",
            "global_mesh", "process_rows", "check_divisible", "local_rows", "from_local",
-           "solve", "compile_solve", "run", "gather", "check_consistent", "collective_bytes", "step_hlo", "predicted_bytes",
-           "print0"]
+           "solve", "compile_solve", "run", "gather", "check_consistent", "collective_bytes",
+           "step_hlo", "predicted_bytes", "print0", "cli_run"]
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
@@ -352,9 +364,14 @@ def process_rows(n: int, mesh: Mesh) -> slice:
 def local_rows(tree, n: int, mesh: Mesh):
     """This process's rows of every leaf whose leading axis is ``n`` (host NumPy slices; other
     leaves unchanged) — for building local data from a generator that makes all agents."""
+    from slamjax.problem import ProblemData
+
     rows = process_rows(n, mesh)
-    return jax.tree.map(lambda a: np.asarray(a)[rows] if np.ndim(a) and np.shape(a)[0] == n
-                        else a, tree)
+    cut = lambda t: jax.tree.map(  # noqa: E731
+        lambda a: np.asarray(a)[rows] if np.ndim(a) and np.shape(a)[0] == n else a, t)
+    is_data = lambda t: isinstance(t, ProblemData)  # noqa: E731
+    return jax.tree.map(lambda t: ProblemData(shared=t.shared, agents=cut(t.agents))
+                        if is_data(t) else cut(t), tree, is_leaf=is_data)
 
 
 def from_local(mesh: Mesh, n: int, *trees):

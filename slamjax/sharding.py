@@ -121,8 +121,8 @@ class PartitionedGraph(Graph):
     """
 
     def __init__(self, senders, receivers, degree, dense_L, send_idx=None, loc_senders=None,
-                 loc_receivers=None, loc_weights=None, *, n, num_edges, kind, shape, lam_max, mixing, mesh=None,
-                 scheme="gspmd", halo=0):
+                 loc_receivers=None, loc_weights=None, *, n, num_edges, kind, shape, lam_max,
+                 mixing, mesh=None, scheme="gspmd", halo=0):
         super().__init__(senders, receivers, degree, dense_L, n=n, num_edges=num_edges,
                          kind=kind, shape=shape, lam_max=lam_max, mixing=mixing)
         self.send_idx = send_idx
