@@ -308,12 +308,18 @@ ERROR_CASES = {
     "mismatch": ("import sys\nfrom slamjax import distributed as d\n"
                  "d.initialize('127.0.0.1:{port}', int(sys.argv[1]), int(sys.argv[2]), "
                  "timeout=30)\nprint('joined')\n", [("2", "0"), ("3", "1")]),
+    # both join, but were given different problem settings (n)
+    "settings": ("import sys\nfrom slamjax import distributed as d\n"
+                 "d.initialize('127.0.0.1:{port}', 2, int(sys.argv[1]), timeout=30)\n"
+                 "d.check_consistent({'n': int(sys.argv[2]), 'graph': 'ring'})\n"
+                 "print('consistent')\n", [("0", "64"), ("1", "128")]),
 }
 
 
 def test_startup_errors_are_clear_and_bounded():
-    """Unreachable coordinator, a process that never starts, a process told another count:
-    each a clear message within a bounded time (launched together: they mostly wait)."""
+    """Unreachable coordinator, a process that never starts, a process told another count,
+    processes given different settings: each a clear message within a bounded time
+    (launched together: they mostly wait)."""
     procs, out = {}, {}
     t0 = time.monotonic()
     try:
@@ -350,6 +356,10 @@ def test_startup_errors_are_clear_and_bounded():
     rc1, _, e1, _ = out["mismatch"][1]
     assert rc1 != 0 and "process count mismatch" in e1, e1[-2000:]
     assert "num_processes=3" in e1 and "runs 2" in e1
+    # processes given different settings: both refuse, naming the process that differs
+    for rc, o, e, _ in out["settings"]:
+        assert rc != 0 and "processes disagree on the settings" in e, e[-2000:]
+        assert "process(es) [1] differ from process 0" in e and "consistent" not in o
 
 
 def test_resolve_launch_settings():
