@@ -45,7 +45,9 @@ Three parts:
 
 Reported per run: final return (mean over the last 10 % of the rounds) and area under the
 curve (mean over all rounds) per seed; per comparison the paired difference with its 95 %
-t-interval over the seeds. Outputs: ``results/nav_hetero.json`` (everything, per-seed
+t-interval over the seeds. A seed whose networks produce NaN/Inf is frozen and counted as
+diverged (column "diverged"); its return is left out of the means and of the paired
+differences (so a method that diverges often is *flattered* by its mean: read both columns). Outputs: ``results/nav_hetero.json`` (everything, per-seed
 curves binned over 10 rounds), ``results/nav_hetero.md`` (tables), PNG figures
 ``nav_hetero_mechanism.png``, ``nav_hetero_fig1.png`` (curves against environment steps,
 n = 6), ``nav_hetero_fig5.png`` (final return with 95 % intervals per n and graph),
@@ -317,19 +319,22 @@ def tables(payload: dict) -> str:
               f"{payload['cfg']['seeds']} seeds, {payload['cfg']['rounds']} rounds "
               f"({payload['cfg']['rounds'] * ENV_STEPS_PER_ROUND:,} env steps)", "",
               "| graph | n | gap | method | final (95 % CI) | AUC (95 % CI) | ‖Aw‖² | value err | "
-              "comm rounds/it |", "|---|---|---|---|---|---|---|---|---|"]
+              "comm rounds/it | diverged |", "|---|---|---|---|---|---|---|---|---|---|"]
         for key, blk in res.items():
             gi = blk["graph"]
             for lab, r in blk["runs"].items():
                 f, a = ci95(r["final_per_seed"]), ci95(r["auc_per_seed"])
-                cw = np.mean(r.get("consensus_w_final_per_seed", [np.nan]))
-                ve = np.mean(r.get("value_err_final_per_seed", [np.nan]))
+                # critic metrics over the seeds that did not diverge
+                cw = np.nanmean(r.get("consensus_w_final_per_seed", [np.nan]))
+                ve = np.nanmean(r.get("value_err_final_per_seed", [np.nan]))
                 cr = r["communication"]["rounds_per_iteration"]
+                div = sum(x >= 0 for x in r["diverged_at"])
                 L.append(f"| {gi['kind']} | {gi['n']} | {gi['spectral_gap']:.3f} | {lab} | "
                          f"{f['mean']:.2f} ± {f['ci95']:.2f} | {a['mean']:.2f} ± {a['ci95']:.2f}"
-                         f" | {cw:.3g} | {ve:.3g} | {'all-reduce' if cr is None else cr} |")
+                         f" | {cw:.3g} | {ve:.3g} | {'all-reduce' if cr is None else cr} | "
+                         f"{div}/{len(r['diverged_at'])} |")
             means = {lab: ci95(r["final_per_seed"])["mean"] for lab, r in blk["runs"].items()}
-            L.append(f"| | | | **ordering (final)** | {ordering(means)} | | | | |")
+            L.append(f"| | | | **ordering (final)** | {ordering(means)} | | | | | |")
         L += ["", "Paired differences a − b over seeds (95 % t-interval; 'tie' = the interval "
               "contains 0):", "", "| graph | n | a | b | metric | mean diff | 95 % CI | wins | "
               "verdict |", "|---|---|---|---|---|---|---|---|---|"]
