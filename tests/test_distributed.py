@@ -85,8 +85,8 @@ WORKER = textwrap.dedent("""
 """)
 
 
-# a peer (D-SOBA: gossip with Metropolis weights) on both schemes, and jax.grad through the
-# sharded solve
+# a peer (D-SOBA: gossip with Metropolis weights) on both schemes (ring and torus: halo;
+# small world: partitioned edges), and jax.grad through the sharded solve
 PEER_STEPS, GRAD_STEPS = 50, 20
 WORKER_PEER_GRAD = textwrap.dedent("""
     import json, sys
@@ -101,7 +101,8 @@ WORKER_PEER_GRAD = textwrap.dedent("""
     out, n, peer_steps, grad_steps = sys.argv[1], *map(int, sys.argv[2:5])
     mesh = dist.global_mesh()
     arrays, report = {}, {}
-    graphs = {"ring": sj.graphs.ring(n), "small_world": sj.graphs.small_world(n, seed=1)}
+    graphs = {"ring": sj.graphs.ring(n), "small_world": sj.graphs.small_world(n, seed=1),
+              "torus": sj.graphs.torus(64, n // 64)}
     for name, g in graphs.items():
         problem, data, x0, y0 = make_quadratic(n, 3, 4, 2, seed=0, noise=0.3)
         x0, y0, data = dist.from_local(mesh, n, *dist.local_rows((x0, y0, data), n, mesh))
@@ -116,6 +117,7 @@ WORKER_PEER_GRAD = textwrap.dedent("""
         arrays.update({f"dsoba/{name}/{k}": v for k, v in
                        dist.gather({"x": state.x, "y": state.y, "z": state.z}).items()})
     # d(mean_i |x_i|^2 after T SLAM steps) / d(alpha, beta, rho, gamma) on the small world
+    pg = sh.partition_graph(graphs["small_world"], mesh)
     slam = sj.slam(problem, pg, sj.SLAMConfig())
     dyn, static = split_static(slam)
 
@@ -262,10 +264,12 @@ def test_two_processes_match_one_process(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,collective", [("ring", "collective-permute"),
-                                             ("small_world", "all-to-all")])
+                                             ("small_world", "all-to-all"),
+                                             ("torus", "collective-permute")])
 def test_peer_two_processes_match_one_process(peer_and_grad, name, collective):
     got, reports = peer_and_grad
-    g = {"ring": sj.graphs.ring(N), "small_world": sj.graphs.small_world(N, seed=1)}[name]
+    g = {"ring": sj.graphs.ring(N), "small_world": sj.graphs.small_world(N, seed=1),
+         "torus": sj.graphs.torus(64, N // 64)}[name]
     problem, data, x0, y0 = make_quadratic(N, 3, 4, 2, seed=0, noise=0.3)
     alg = sj.make_algorithm("dsoba", problem, g)
     params = sj.REGISTRY["dsoba"].default_params()
