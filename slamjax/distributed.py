@@ -41,7 +41,7 @@ accelerator (then restrict each process to its device, ``JAX_LOCAL_DEVICE_IDS``/
     JAX_COORDINATOR_ADDRESS=host0:12355   # process 0's host; the port must be open to all
     JAX_NUM_PROCESSES=64                  # how many processes in total
     JAX_PROCESS_ID=k                      # 0 .. 64-1, distinct (0 runs the coordinator)
-    slamjax run --distributed --graph torus --n 100000000 ...
+    slamjax run --distributed --graph torus --n 99680256 ...   # 9984², rows % 64 == 0
 
 (or ``--coordinator``, ``--num-processes``, ``--process-id``). Under SLURM
 (``srun --ntasks-per-node=1 slamjax run --distributed ...``) or ``mpirun`` the three may be left
@@ -88,11 +88,12 @@ With D devices in P processes (each process a contiguous block of agents), b byt
   the final :func:`gather` moves the state once. Neither is part of a step.
 
 Paper estimate, n = 10⁸ agents on a 2-D torus over 64 hosts, one process per host. The torus
-is split by rows, so its row count must be a multiple of 64: take 9984 × 10016 (= 0.99999·10⁸;
-156 rows per host). d_x = 10, m = 2, d_y = 10 (d = 30 numbers per agent per step), float32.
+is split by rows, so its row count must be a multiple of 64: take 9984 × 9984 (= 0.997·10⁸,
+the square torus ``--graph torus --n 99680256`` builds; 156 rows per host). d_x = 10, m = 2,
+d_y = 10 (d = 30 numbers per agent per step), float32.
 
-* per host and step: 2 boundary rows × 10016 agents × 30 × 4 B = 2.40 MB sent (and as much
-  received), whatever n is; all hosts together 154 MB per step. On 10 Gb/s links
+* per host and step: 2 boundary rows × 9984 agents × 30 × 4 B = 2.40 MB sent (and as much
+  received), whatever n is; all hosts together 153 MB per step. On 10 Gb/s links
   (1.25 GB/s each way) ≈ 1.9 ms per step, on 25 Gb/s ≈ 0.8 ms; plus the collectives'
   latency (4 ppermutes per step; gloo over loopback measured ≈ 4 ms each on this loaded
   2-core machine, against 0.13 ms for the same ppermute between devices of one process;
@@ -106,7 +107,7 @@ is split by rows, so its row count must be a multiple of 64: take 9984 × 10016 
   plus the agents' data (b, p, t: 50 floats) is 560 B per agent: 56 GB in total, 0.9 GB per
   host (plus the step's temporaries: the CG vectors of the eq.-(23) solve);
 * splitting the torus into an 8 × 8 grid of blocks instead of row bands would cut the halo to
-  4 sides × 1250 agents (5000 instead of 20032 agents per host) — not implemented (rows only).
+  4 sides × 1248 agents (4992 instead of 19968 agents per host) — not implemented (rows only).
 """
 
 from __future__ import annotations
