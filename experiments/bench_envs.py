@@ -59,13 +59,11 @@ from _common import machine_info, pyplot, write_json  # noqa: E402
 from slamjax.envs import NUM_ACTIONS, NavigationEnv, PursuitEnv  # noqa: E402
 
 
-def make_jax_runner(n: int, batch: int, max_steps: int, episodes: int):
-    """Jitted function running ``episodes`` episodes of ``batch`` envs.
-
-    Outer ``lax.scan`` over episodes (each starts with a vmapped ``reset``),
-    inner ``lax.scan`` over the ``max_steps`` steps of the episode.
-    """
-    env = NavigationEnv(n, max_steps=max_steps)
+def _episode_runner(env, n: int, batch: int, max_steps: int, episodes: int, probe):
+    """Jitted function running ``episodes`` whole episodes of ``batch`` envs with uniformly
+    random actions: an outer ``lax.scan`` over episodes (each starts with a vmapped ``reset``),
+    an inner ``lax.scan`` over the ``max_steps`` steps. Returns (summed reward, ``probe`` of
+    every episode's final states) so that nothing is optimised away."""
 
     def step_all(carry, k):
         states, total = carry
@@ -79,15 +77,19 @@ def make_jax_runner(n: int, batch: int, max_steps: int, episodes: int):
         states = jax.vmap(env.reset)(jax.random.split(k_reset, batch))
         (states, total), _ = jax.lax.scan(step_all, (states, total),
                                           jax.random.split(k_run, max_steps))
-        return total, states.agent_pos.sum()
+        return total, probe(states)
 
     @jax.jit
     def run(key):
-        total, pos_sums = jax.lax.scan(episode, jnp.zeros((), jnp.float32),
-                                       jax.random.split(key, episodes))
-        return total, pos_sums
+        return jax.lax.scan(episode, jnp.zeros((), jnp.float32), jax.random.split(key, episodes))
 
     return run
+
+
+def make_jax_runner(n: int, batch: int, max_steps: int, episodes: int):
+    """Navigation: ``episodes`` episodes of ``batch`` envs (:func:`_episode_runner`)."""
+    env = NavigationEnv(n, max_steps=max_steps)
+    return _episode_runner(env, n, batch, max_steps, episodes, lambda s: s.agent_pos.sum())
 
 
 def _summary(durations, work):
@@ -97,29 +99,11 @@ def _summary(durations, work):
 
 
 def make_pursuit_runner(env: PursuitEnv, batch: int, episodes: int):
-    """Jitted function running ``episodes`` whole pursuit episodes of ``batch`` envs (the same
-    nested ``lax.scan`` as :func:`make_jax_runner`)."""
-    n = env.n_pursuers
-
-    def step_all(carry, k):
-        states, total = carry
-        k_act, k_step = jax.random.split(k)
-        actions = jax.random.randint(k_act, (batch, n), 0, NUM_ACTIONS, dtype=jnp.int32)
-        states, rew, _ = jax.vmap(env.step)(jax.random.split(k_step, batch), states, actions)
-        return (states, total + rew.sum()), None
-
-    def episode(total, k):
-        k_reset, k_run = jax.random.split(k)
-        states = jax.vmap(env.reset)(jax.random.split(k_reset, batch))
-        (states, total), _ = jax.lax.scan(step_all, (states, total),
-                                          jax.random.split(k_run, env.max_cycles))
-        return total, states.evader_alive.sum()
-
-    @jax.jit
-    def run(key):
-        return jax.lax.scan(episode, jnp.zeros((), jnp.float32), jax.random.split(key, episodes))
-
-    return run
+    """Pursuit: ``episodes`` whole episodes of ``batch`` envs (:func:`_episode_runner`; both
+    environments have 5 actions)."""
+    assert env.num_actions == NUM_ACTIONS
+    return _episode_runner(env, env.n_pursuers, batch, env.max_cycles, episodes,
+                           lambda s: s.evader_alive.sum())
 
 
 def time_jax(n, batch, max_steps, target_steps_per_call, min_time, pursuit_env=None):
