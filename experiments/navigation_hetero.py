@@ -7,7 +7,7 @@
     slamjax reproduce navigation_hetero                  # = the first line
 
 The paper-figure runs (``experiments/navigation.py``) tie because the agents barely differ and
-the graph at n = 3 is complete (``../DESIGN.md`` §7). Here every comparison states its
+the graph at n = 3 is complete. Here every comparison states its
 heterogeneity and its graph and carries both controls:
 
 * **heterogeneity**: mpe2's rewards plus a zero-sum nuisance r_i = R_i + c·ξ_i(s), Σ_i ξ_i = 0
@@ -292,6 +292,13 @@ def compare(runs: dict) -> list:
 # ----------------------------------------------------------------------------------------
 # output
 # ----------------------------------------------------------------------------------------
+def _finite_mean(x) -> float:
+    """Mean of the finite entries (NaN if there are none: every seed diverged)."""
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
 def tables(payload: dict) -> str:
     L = [f"# Navigation comparisons (issue 13) — {payload['date']}", "",
          f"Setting: {payload['setting']}", ""]
@@ -325,8 +332,8 @@ def tables(payload: dict) -> str:
             for lab, r in blk["runs"].items():
                 f, a = ci95(r["final_per_seed"]), ci95(r["auc_per_seed"])
                 # critic metrics over the seeds that did not diverge
-                cw = np.nanmean(r.get("consensus_w_final_per_seed", [np.nan]))
-                ve = np.nanmean(r.get("value_err_final_per_seed", [np.nan]))
+                cw = _finite_mean(r.get("consensus_w_final_per_seed", []))
+                ve = _finite_mean(r.get("value_err_final_per_seed", []))
                 cr = r["communication"]["rounds_per_iteration"]
                 div = sum(x >= 0 for x in r["diverged_at"])
                 L.append(f"| {gi['kind']} | {gi['n']} | {gi['spectral_gap']:.3f} | {lab} | "
