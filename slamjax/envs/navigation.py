@@ -105,6 +105,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slamjax.envs._checks import is_tracer as _is_tracer
+
 __all__ = [
     "NUM_ACTIONS",
     "ACTION_NAMES",
@@ -165,10 +167,6 @@ class NavState(NamedTuple):
     @property
     def num_agents(self) -> int:
         return self.agent_pos.shape[-2]
-
-
-def _is_tracer(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
 
 
 def _check_n(n) -> int:

@@ -135,6 +135,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slamjax.envs._checks import check_int as _check_int, is_tracer as _is_tracer
+
 __all__ = [
     "NUM_ACTIONS",
     "ACTION_NAMES",
@@ -237,16 +239,6 @@ def _uniform_actions(key: jax.Array, n: int) -> jax.Array:
     most of the cost of a step."""
     bits = jax.random.bits(key, (n,), jnp.uint32)
     return (((bits >> 8) * jnp.uint32(NUM_ACTIONS)) >> 24).astype(jnp.int32)
-
-
-def _is_tracer(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
-def _check_int(name, v, lo):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return int(v)
 
 
 @dataclasses.dataclass(frozen=True)

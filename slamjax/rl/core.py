@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slamjax.envs._checks import check_int as _pos_int
 from slamjax.envs.navigation import NUM_ACTIONS, NavigationEnv
 from slamjax.graphs import Graph
 from slamjax.rl.nets import HIDDEN, Actor, MLPHead, apply_agents, reward_input
@@ -87,12 +88,6 @@ def canonical_algorithm(name: str) -> str:
     if key not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {tuple(ALGORITHMS)}")
     return key
-
-
-def _pos_int(name, v, minimum=1):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
-    return int(v)
 
 
 @dataclasses.dataclass(frozen=True)
