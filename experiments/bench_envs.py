@@ -92,6 +92,17 @@ def make_jax_runner(n: int, batch: int, max_steps: int, episodes: int):
     return _episode_runner(env, n, batch, max_steps, episodes, lambda s: s.agent_pos.sum())
 
 
+def _run_meta(args, min_time, ref_name: str, ref_versions: dict, load_start) -> dict:
+    """The JSON fields both benchmarks share: run options, how timing works, the machine."""
+    return {"quick": args.quick, "min_time_s": min_time,
+            "timing": "throughput from the fastest timed chunk (one jitted call for JAX, one "
+                      f"episode for {ref_name}), robust to load from other processes; medians "
+                      "are also stored; reference and JAX timings are interleaved",
+            "machine": {**machine_info(extra_packages=()), **ref_versions,
+                        "load_avg_1_5_15min_start": load_start,
+                        "load_avg_1_5_15min_end": os.getloadavg()}}
+
+
 def _summary(durations, work):
     """work units / s from the fastest and the median timed chunk."""
     d = np.asarray(durations)
@@ -258,14 +269,7 @@ def bench_pursuit(args, min_time, target):
                      "catch_reward": env.catch_reward, "urgency_reward": env.urgency_reward,
                      "obs_range": env.obs_range},
         "goal": "ratio >= 1000 at 4096 envs (issue 14)",
-        "quick": args.quick,
-        "min_time_s": min_time,
-        "timing": "throughput from the fastest timed chunk (one jitted call for JAX, one "
-                  "episode for PettingZoo), robust to load from other processes; medians are "
-                  "also stored; reference and JAX timings are interleaved",
-        "machine": {**machine_info(extra_packages=()), "pettingzoo": pz_version,
-                    "load_avg_1_5_15min_start": load_start,
-                    "load_avg_1_5_15min_end": os.getloadavg()},
+        **_run_meta(args, min_time, "PettingZoo", {"pettingzoo": pz_version}, load_start),
         "results": results,
     }
     json_path = write_json(args.out_dir / "bench_envs_pursuit.json", out)
@@ -361,15 +365,8 @@ def main(argv=None):
                       "JAX: jit+vmap over `batch` envs, nested lax.scan over episodes (vmapped reset) and steps, "
                       "random actions sampled in the scan, compile time excluded; "
                       "mpe2: parallel_env stepped in a Python loop with reset every episode",
-        "quick": args.quick,
         "max_steps": args.max_steps,
-        "min_time_s": min_time,
-        "timing": "throughput from the fastest timed chunk (one jitted call for JAX, one "
-                  "episode for mpe2), robust to load from other processes; medians are "
-                  "also stored; reference and JAX timings are interleaved",
-        "machine": {**machine_info(extra_packages=()), "mpe2": mpe2_version,
-                    "load_avg_1_5_15min_start": load_start,
-                    "load_avg_1_5_15min_end": os.getloadavg()},
+        **_run_meta(args, min_time, "mpe2", {"mpe2": mpe2_version}, load_start),
         "results": results,
     }
     json_path = write_json(args.out_dir / "bench_envs.json", out)
