@@ -76,6 +76,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from _common import machine_info, pyplot, write_json  # noqa: E402
+from navigation import smooth  # noqa: E402  (the figures' moving average)
 
 import slamjax.rl as rl  # noqa: E402
 from slamjax.rl.core import DISPLAY  # noqa: E402
@@ -418,13 +419,6 @@ def plot_mechanism(mech: dict, path: Path):
     plt.close(f)
 
 
-def _smooth(x, w=5):
-    c = np.cumsum(np.pad(x, [(0, 0), (1, 0)]), axis=1)
-    idx = np.arange(1, x.shape[1] + 1)
-    lo = np.maximum(idx - w, 0)
-    return (c[:, idx] - c[:, lo]) / (idx - lo)
-
-
 def plot_curves(res: dict, path: Path, title: str, n_show: int):
     """Team return against environment steps (mean and 95 % band over seeds), one panel per
     graph at n = n_show."""
@@ -434,7 +428,7 @@ def plot_curves(res: dict, path: Path, title: str, n_show: int):
     for ax, blk in zip(axes[0], blocks):
         for lab, r in blk["runs"].items():
             cur = np.asarray(r["curve_binned"], float)
-            sm = _smooth(cur)
+            sm = smooth(cur)
             S = sm.shape[0]
             m = np.nanmean(sm, 0)
             h = t_quantile(S - 1) * np.nanstd(sm, 0, ddof=1) / math.sqrt(S) if S > 1 else 0 * m

@@ -34,6 +34,7 @@ against a reference centralized critic on the same minibatches (``ACConfig(track
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -105,12 +106,11 @@ def critic_fixed_points(config: ACConfig, graph: Graph, hp: ACHyperParams, batch
                          f"log_every={log_every}")
     if mixing_rounds < 1:
         raise ValueError(f"mixing_rounds must be >= 1, got {mixing_rounds}")
-    if jax.tree.leaves(batch)[0].ndim and batch.rewards.shape[-1] != config.n:
+    if batch.rewards.shape[-1] != config.n:
         raise ValueError(f"batch rewards have {batch.rewards.shape[-1]} agents, config has "
                          f"n={config.n}")
     _, vnet, rnet = config.nets()
-    cfg1 = config if config.critic_steps == 1 else ACConfig(
-        **{**config.__dict__, "critic_steps": 1})
+    cfg1 = dataclasses.replace(config, critic_steps=1)
     grad_fn = lambda c, b: critic_grads(vnet, rnet, c, b, hp.discount)  # noqa: E731
 
     def step(critic, dual):
