@@ -490,13 +490,13 @@ def test_cnn_actor_critic_shapes_and_agent_vmap():
         grads = jax.grad(lambda p: jnp.sum(module.apply(p, g) ** 2))(p_0)
         return out, loop, module.apply(p_0, g[0]), module.apply(p_0, g2), grads
 
-    for module, out_shape, n_params in ((CNNActor(), (6, 5), 5317), (CNNCritic(), (6,), 2177)):
+    for module, out_shape, n_params in ((CNNActor(), (6, 5), 2373), (CNNCritic(), (6,), 801)):
         # parameter shapes from tracing init (flax's own initialisers are not under test and
         # compile slowly on a loaded CPU); 4 agents with different random parameters
         shapes = jax.eval_shape(module.init, jax.random.key(0), g[0])
         assert set(shapes["params"]) == {"conv1", "conv2", "out"}
-        assert shapes["params"]["conv1"]["kernel"].shape == (3, 3, 3, 8)
-        assert shapes["params"]["conv2"]["kernel"].shape == (3, 3, 8, 16)
+        assert shapes["params"]["conv1"]["kernel"].shape == (3, 3, 3, 4)
+        assert shapes["params"]["conv2"]["kernel"].shape == (3, 3, 4, 8)
         assert sum(a.size for a in jax.tree.leaves(shapes)) == n_params
         params = jax.tree.map(lambda a: rng.normal(0, 0.2, (4,) + a.shape).astype(np.float32), shapes)
         out, loop, single, more, grads = jax.jit(functools.partial(check, module))(params, g, g2)
@@ -508,6 +508,27 @@ def test_cnn_actor_critic_shapes_and_agent_vmap():
         assert all(np.isfinite(a).all() and np.abs(a).sum() > 0 for a in jax.tree.leaves(grads))
     with pytest.raises(ValueError, match="channels"):
         jax.eval_shape(CNNCritic().init, jax.random.key(0), jnp.zeros((15, 15)))
+
+
+@pytest.mark.parametrize("k", [3, 2])
+def test_patch_conv_equals_lax_convolution(k):
+    """PatchConv (patches @ kernel) is flax's Conv(SAME) with the same parameters, on an
+    odd and an even kernel, and so are its gradients."""
+    import flax.linen as nn
+    from slamjax.rl.cnn import PatchConv
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(3, 7, 6, 5)), jnp.float32)
+    ours, ref = PatchConv(4, k), nn.Conv(4, (k, k), padding="SAME")
+    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32),
+                          ref.init(jax.random.key(0), x))
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+        jnp.shape, jax.eval_shape(ours.init, jax.random.key(0), x))
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-4, atol=1e-4)
+    g1 = jax.grad(lambda p: jnp.sum(jnp.sin(ours.apply(p, x))))(params)
+    g2 = jax.grad(lambda p: jnp.sum(jnp.sin(ref.apply(p, x))))(params)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("size", [(15, 15), (16, 16), (7, 5), (4, 9)])
