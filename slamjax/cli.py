@@ -50,6 +50,10 @@ REPRODUCE = {
     "fig7": ("navigation.py", ["--figure", "7"]),
     # issue 13: Figs 1/5/7 redone with reward heterogeneity, sparse graphs and controls
     "navigation_hetero": ("navigation_hetero.py", []),
+    # issue 14: pursuit-evasion, SLAM-AC / CAC / MDAC with partial parameter sharing
+    "fig2": ("pursuit.py", ["--figs", "fig2"]),
+    "fig4": ("pursuit.py", ["--figs", "fig4"]),
+    "pursuit": ("pursuit.py", []),
 }
 
 

@@ -12,6 +12,10 @@
   iteration: ``ACConfig.comm_rounds`` and ``comm_info``; ``ACConfig(track_central=True)`` logs
   the critic errors against a reference centralized critic.
 
+Pursuit-evasion (issue 14, paper Figs 2 and 4): :mod:`slamjax.rl.pursuit_ac` — SLAM-AC, CAC
+and MDAC with partial parameter sharing (per-leaf consensus masks on the actors' CNN layers)
+and the controls, on :class:`slamjax.envs.PursuitEnv`, with its own ``run``.
+
 ``run(algorithm, graph, hparams=..., seeds=5, num_updates=...)`` trains every
 (setting × seed) lane in one vmapped, jit-compiled program; ``make_train`` returns the pure
 function for tests and for composing with other transformations.

@@ -380,8 +380,25 @@ class RLResult:
         }
 
 
-def _stack(hps: Sequence[ACHyperParams], S: int) -> ACHyperParams:
-    return jax.tree.map(lambda *v: jnp.repeat(jnp.stack(v), S), *hps)
+def lanes(hparams, kind, seeds, num_updates: int, chunk: int):
+    """The lanes of a vmapped training run: every hyperparameter setting (one ``kind``
+    NamedTuple or a sequence of them) × every seed (a count 0..k−1 or a list), setting-major.
+    Returns (settings list, seeds list, stacked hyperparameters, PRNG keys, chunk sizes)."""
+    hparams = [hparams] if isinstance(hparams, kind) else list(hparams)
+    if not hparams:
+        raise ValueError("need at least one hyperparameter setting")
+    seeds = list(range(seeds)) if isinstance(seeds, (int, np.integer)) else list(seeds)
+    if not seeds:
+        raise ValueError("need at least one seed")
+    num_updates = int(num_updates)
+    if num_updates < 1:
+        raise ValueError(f"num_updates must be >= 1, got {num_updates}")
+    S = len(seeds)
+    hp = jax.tree.map(lambda *v: jnp.repeat(jnp.stack(v), S), *hparams)
+    keys = jnp.stack([jax.random.key(int(s)) for s in seeds] * len(hparams))
+    chunk = max(1, min(int(chunk), num_updates))
+    rem = num_updates % chunk
+    return hparams, seeds, hp, keys, [chunk] * (num_updates // chunk) + ([rem] if rem else [])
 
 
 def run(algorithm: str | ACConfig = "slam_ac", graph: Graph | None = None, *,
@@ -409,21 +426,9 @@ def run(algorithm: str | ACConfig = "slam_ac", graph: Graph | None = None, *,
         raise ValueError(f"graph has n={graph.n} agents but the config has n={config.n}")
     if hparams is None:
         hparams = [make_hparams(graph)]
-    elif isinstance(hparams, ACHyperParams):
-        hparams = [hparams]
-    hparams = list(hparams)
-    seeds = list(range(seeds)) if isinstance(seeds, (int, np.integer)) else list(seeds)
-    if not seeds:
-        raise ValueError("need at least one seed")
-    num_updates = int(num_updates)
-    if num_updates < 1:
-        raise ValueError(f"num_updates must be >= 1, got {num_updates}")
+    hparams, seeds, hp, keys, sizes = lanes(hparams, ACHyperParams, seeds, num_updates, chunk)
     H, S = len(hparams), len(seeds)
-    hp = _stack(hparams, S)
-    keys = jnp.stack([jax.random.key(int(s)) for s in seeds] * H)
-    chunk = max(1, min(int(chunk), num_updates))
-    rem = num_updates % chunk
-    sizes = [chunk] * (num_updates // chunk) + ([rem] if rem else [])
+    chunk = sizes[0]
     desc = desc or config.display_name
 
     opts = FAST_COMPILE if fast_compile else None

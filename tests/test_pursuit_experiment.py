@@ -1,0 +1,65 @@
+"""Issue 14: ``experiments/pursuit.py`` end to end (the CI smoke: 4 pursuers, 2 seeds, 3 rounds,
+fast compile), its outputs, ``--replot`` and its argument errors."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import pursuit as pe  # noqa: E402
+
+ALGS = {"slam_ac", "cac", "mdac", "central", "nocomm"}
+
+
+def test_pursuit_reproduction_smoke(tmp_path):
+    assert pe.main(["--quick", "--no-progress", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "pursuit.json").read_text())
+    assert payload["graph"]["kind"] == "ring" and payload["env"]["shared_reward"] is False
+    assert 0 <= payload["random"]["capture_rate"] <= 1
+    for fig in ("fig2", "fig4"):
+        runs = payload[fig]["runs"]
+        assert set(runs) == ALGS
+        for alg, e in runs.items():
+            assert len(e["final_return"]) == payload["cfg"]["seeds"] == 2
+            assert np.all(np.isfinite(e["final_return"])) and e["diverged_at"] == [-1, -1]
+            want = ["conv1"] if fig == "fig2" and alg != "nocomm" else []
+            assert e["shared_actor_layers"] == want
+        assert {(r["a"], r["b"]) for r in payload[fig]["paired"]} == set(pe.PAIRS)
+        assert (tmp_path / f"pursuit_{fig}.png").stat().st_size > 10_000
+    # the no-communication control is one run shown in both figures (same numbers)
+    assert payload["fig2"]["runs"]["nocomm"] == payload["fig4"]["runs"]["nocomm"]
+    # Fig 4 shares no actor layer; Fig 2's shared layer contracts under every consensus rule
+    for alg in ALGS:
+        f4 = np.asarray(payload["fig4"]["runs"][alg]["curves"]["consensus_actor_shared"])
+        assert np.all(f4 == 0)
+    for alg in ("slam_ac", "cac", "mdac", "central"):
+        e = payload["fig2"]["runs"][alg]
+        end = np.asarray(e["curves"]["consensus_actor_shared"])[:, -1]
+        assert np.all(end < 0.5 * e["initial_disagreement"]["actor_shared"]), alg
+    md = (tmp_path / "pursuit.md").read_text()
+    assert md.count("Ordering by mean final return") == 2 and "SLAM-AC − CAC" in md
+    before = md
+    (tmp_path / "pursuit.md").unlink()
+    assert pe.main(["--replot", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "pursuit.md").read_text() == before
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--seeds", "1"], "--seeds must be >= 2"),
+    (["--figs", "fig3"], "--figs: choose from"),
+    (["--pursuers", "2"], "--pursuers must be >= 3"),
+    (["--tune-steps", "1e-3,-1"], "--tune-steps must be positive"),
+    (["--tune-steps", "abc"], "comma-separated numbers"),
+])
+def test_pursuit_reproduction_bad_arguments(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        pe.parse_args(argv)
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_replot_without_results_is_a_clear_error(tmp_path, capsys):
+    assert pe.main(["--replot", "--out", str(tmp_path)]) == 2
+    assert "does not exist; run without --replot first" in capsys.readouterr().err
