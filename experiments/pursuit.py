@@ -97,8 +97,10 @@ def tune(cfg, graph, args, log) -> dict:
     if len(cfg["tune_steps"]) == 1:  # nothing to choose: no pilot
         return {alg: {"steps": cfg["tune_steps"], "score": [float("nan")],
                       "chosen": cfg["tune_steps"][0], "diverged": [0], "wall_s": 0.0}
-                for alg, _ in FIGS["fig2"]}
+                for alg, _ in FIGS["fig2"] if alg in cfg.get("methods", P.ALGORITHMS)}
     for alg, shared in FIGS["fig2"]:
+        if alg not in cfg.get("methods", P.ALGORITHMS):
+            continue
         config = _config(cfg, alg, shared)
         hps = [_hp(graph, config, s) for s in cfg["tune_steps"]]
         res = P.run(config, graph, hparams=hps, seeds=seeds, num_rounds=cfg["tune_rounds"],
@@ -139,6 +141,8 @@ def train_fig(fig, cfg, graph, steps, args, log, cache) -> dict:
     seeds = list(range(cfg["seeds"]))
     out = {}
     for alg, shared in FIGS[fig]:
+        if alg not in cfg.get("methods", P.ALGORITHMS):
+            continue
         config = _config(cfg, alg, shared)
         key = (config, steps[alg])
         if key not in cache:  # the no-communication control is the same run in both figures
@@ -268,11 +272,24 @@ def render(payload: dict, out: Path):
     (out / "pursuit.md").write_text(tables(payload) + "\n")
 
 
+def _methods(p, text):
+    """The ``--methods`` subset (all five by default); unknown names are a usage error."""
+    if not text:
+        return set(P.ALGORITHMS)
+    names = {m.strip() for m in text.split(",") if m.strip()}
+    bad = names - set(P.ALGORITHMS)
+    if bad or not names:
+        p.error(f"--methods: choose from {sorted(P.ALGORITHMS)}, got {text!r}")
+    return names
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--figs", default=None, help="comma-separated: fig2,fig4 (default both)")
     p.add_argument("--quick", action="store_true", help="smoke run into results/quick/")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated subset of slam_ac,cac,mdac,central,nocomm (default all)")
     p.add_argument("--pursuers", type=int, default=None)
     p.add_argument("--evaders", type=int, default=None)
     p.add_argument("--seeds", type=int, default=None, help="seeds (default 10)")
@@ -291,6 +308,7 @@ def parse_args(argv=None):
         bad = [f for f in cfg["figs"] if f not in FIGS]
         if bad or not cfg["figs"]:
             p.error(f"--figs: choose from {sorted(FIGS)}, got {args.figs!r}")
+    cfg["methods"] = sorted(_methods(p, args.methods))
     for name in ("pursuers", "evaders", "seeds", "rounds", "tune_rounds"):
         v = getattr(args, name)
         if v is not None:

@@ -53,11 +53,18 @@ def test_pursuit_reproduction_smoke(tmp_path):
     (["--pursuers", "2"], "--pursuers must be >= 3"),
     (["--tune-steps", "1e-3,-1"], "--tune-steps must be positive"),
     (["--tune-steps", "abc"], "comma-separated numbers"),
+    (["--methods", "slam_ac,dac"], "--methods: choose from"),
 ])
 def test_pursuit_reproduction_bad_arguments(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         pe.parse_args(argv)
     assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_methods_subset():
+    args, cfg = pe.parse_args(["--methods", "nocomm, central", "--quick"])
+    assert cfg["methods"] == ["central", "nocomm"]
+    assert pe.parse_args([])[1]["methods"] == sorted(pe.P.ALGORITHMS)
 
 
 def test_replot_without_results_is_a_clear_error(tmp_path, capsys):
