@@ -16,6 +16,7 @@ import pursuit as pe  # noqa: E402
 ALGS = {"slam_ac", "cac", "nocomm"}
 
 
+@pytest.mark.slow  # see SLOW_WHY in test_pursuit_ac.py
 def test_pursuit_reproduction_smoke(tmp_path):
     assert pe.main(["--quick", "--no-progress", "--methods", ",".join(sorted(ALGS)),
                     "--out", str(tmp_path)]) == 0
