@@ -527,10 +527,11 @@ class PursuitEnv:
     #: alias with the navigation env's method name (the shape differs: an image here).
     global_obs = global_state
 
-    def observations(self, state: PursuitState) -> jax.Array:
-        """Local views ``(n_pursuers, 3, obs_range, obs_range)`` (module docstring)."""
+    def observations(self, state: PursuitState, global_state=None) -> jax.Array:
+        """Local views ``(n_pursuers, 3, obs_range, obs_range)`` (module docstring).
+        ``global_state``: :meth:`global_state` of ``state`` if the caller has it already."""
         r = self.obs_range // 2
-        g = self.global_state(state)
+        g = self.global_state(state) if global_state is None else global_state
         pad_value = jnp.asarray([0, 0, 1], g.dtype)[:, None, None]  # outside = obstacle
         big = jnp.pad(g - pad_value, ((0, 0), (r, r), (r, r))) + pad_value
 

@@ -343,14 +343,15 @@ def actor_mask(config: PursuitACConfig, actor_params) -> tuple:
     return tuple(out)
 
 
-def actor_inputs(config: PursuitACConfig, state) -> jax.Array:
+def actor_inputs(config: PursuitACConfig, state, gs=None) -> jax.Array:
     """Every agent's actor input at one environment state: (n, C, H, W) — the reference's
     local view (``"local"``: (n, 3, 7, 7)), the global state plus a one-hot channel of the
-    agent's own cell (``"global_self"``: (n, 4, X, Y)) or the global state (``"global"``)."""
+    agent's own cell (``"global_self"``: (n, 4, X, Y)) or the global state (``"global"``).
+    ``gs``: the state's global state if the caller has it already."""
     env = config.env()
+    gs = env.global_state(state) if gs is None else gs
     if config.actor_input == "local":
-        return env.observations(state)
-    gs = env.global_state(state)
+        return env.observations(state, gs)
     n = config.n
     if config.actor_input == "global":
         return jnp.broadcast_to(gs, (n,) + gs.shape)
@@ -381,21 +382,22 @@ def collect(config: PursuitACConfig, actor_params, key) -> Transitions:
     E, n = config.num_envs, config.n
     k_reset, k_steps = jax.random.split(key)
     states = jax.vmap(env.reset)(jax.random.split(k_reset, E))
+    global_state = jax.vmap(env.global_state)
 
-    def body(states, k):
+    def body(carry, k):  # the carry holds each state's global state: computed once per step
+        states, gs = carry
         k_act, k_env = jax.random.split(k)
-        gs = jax.vmap(env.global_state)(states)
-        obs = jax.vmap(functools.partial(actor_inputs, config))(states)  # (E, n, C, H, W)
+        obs = jax.vmap(functools.partial(actor_inputs, config))(states, gs)  # (E, n, C, H, W)
         if actor_params is None:
             actions = jax.random.randint(k_act, (E, n), 0, NUM_ACTIONS, jnp.int32)
         else:
             actions, _ = _sample(actor, actor_params, jnp.swapaxes(obs, 0, 1), k_act)
         nxt, rewards, _ = jax.vmap(env.step)(jax.random.split(k_env, E), states, actions)
-        tr = Transitions(gs, obs, actions, rewards,
-                         jax.vmap(env.global_state)(nxt), nxt.evader_alive)
-        return nxt, tr
+        next_gs = global_state(nxt)
+        return (nxt, next_gs), Transitions(gs, obs, actions, rewards, next_gs, nxt.evader_alive)
 
-    _, traj = lax.scan(body, states, jax.random.split(k_steps, config.max_cycles))
+    _, traj = lax.scan(body, (states, global_state(states)),
+                       jax.random.split(k_steps, config.max_cycles))
     return traj
 
 
