@@ -48,6 +48,7 @@ from slamjax.rl.nets import HIDDEN, Actor, MLPHead, apply_agents, reward_input
 from slamjax.slam import StabilityWarning, stability_bound
 
 __all__ = ["DISPLAY", "ALGORITHMS", "ACConfig", "ACHyperParams", "TrainState", "CriticBatch",
+           "canonical_name", "positive_floats",
            "make_hparams", "auto_gamma", "canonical_algorithm", "critic_grads",
            "td_advantage", "check_actions"]
 
@@ -80,14 +81,36 @@ DISPLAY = {"slam_ac": "SLAM-AC", "dac": "DAC", "mdac": "MDAC", "slam_ppo": "SLAM
            "central_ppo": "PPO, centralized critic"}
 
 
-def canonical_algorithm(name: str) -> str:
-    """'SLAM-AC', 'slam_ac', 'slam-ac' -> 'slam_ac'; unknown names are a ValueError."""
+def canonical_name(name: str, table, what: str = "algorithm", aliases=None) -> str:
+    """``name`` as a key of ``table``: case, surrounding blanks and '-' vs '_' ignored, then
+    ``aliases`` (normalised spelling -> key) applied; unknown names are a ValueError naming
+    ``what`` and the choices."""
     if not isinstance(name, str):
         raise ValueError(f"algorithm must be a string, got {name!r}")
     key = name.strip().lower().replace("-", "_")
-    if key not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; choose one of {tuple(ALGORITHMS)}")
+    key = (aliases or {}).get(key, key)
+    if key not in table:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {tuple(table)}")
     return key
+
+
+def canonical_algorithm(name: str) -> str:
+    """'SLAM-AC', 'slam_ac', 'slam-ac' -> 'slam_ac'; unknown names are a ValueError."""
+    return canonical_name(name, ALGORITHMS)
+
+
+def positive_floats(**vals) -> dict:
+    """The values as floats, each finite and > 0 (a ValueError naming the first that is not);
+    a ``discount`` must also be < 1."""
+    out = {}
+    for k, v in vals.items():
+        v = float(v)
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{k} must be finite and > 0, got {v}")
+        out[k] = v
+    if out.get("discount", 0.0) >= 1.0:
+        raise ValueError(f"discount must lie in (0, 1), got {out['discount']}")
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,15 +339,8 @@ def make_hparams(graph: Graph, *, actor_lr=PAPER_ACTOR_STEP,
     ``gamma="auto"`` uses :func:`auto_gamma` at (critic_lr, rho) — or at ``gamma_from =
     (critic_lr, rho)`` if given (Fig. 6 keeps γ of the base setting while it varies ρ and 1/β).
     """
-    vals = dict(actor_lr=actor_lr, critic_lr=critic_lr, rho=rho, discount=discount,
-                clip_eps=clip_eps, gae_lambda=gae_lambda)
-    for k, v in vals.items():
-        v = float(v)
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{k} must be finite and > 0, got {v}")
-        vals[k] = v
-    if vals["discount"] >= 1.0:
-        raise ValueError(f"discount must lie in (0, 1), got {vals['discount']}")
+    vals = positive_floats(actor_lr=actor_lr, critic_lr=critic_lr, rho=rho, discount=discount,
+                           clip_eps=clip_eps, gae_lambda=gae_lambda)
     if vals["gae_lambda"] > 1.0:
         raise ValueError(f"gae_lambda must lie in (0, 1], got {vals['gae_lambda']}")
     if isinstance(gamma, str):

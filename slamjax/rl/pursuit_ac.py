@@ -91,9 +91,10 @@ from slamjax.envs._checks import check_int
 from slamjax.envs.pursuit import NUM_ACTIONS, PursuitEnv
 from slamjax.graphs import Graph, ring
 from slamjax.rl.cnn import CNN_FEATURES, CNNActor, CNNCritic
-from slamjax.rl.core import CriticBatch, auto_gamma, critic_grads
+from slamjax.rl.core import (CriticBatch, auto_gamma, canonical_name, critic_grads,
+                             positive_floats)
 from slamjax.rl.nets import apply_agents, init_agents
-from slamjax.rl.train import CRITIC_RULES, FAST_COMPILE, graph_info, lanes
+from slamjax.rl.train import CRITIC_RULES, FAST_COMPILE, first_nonfinite, graph_info, lanes
 from slamjax.run import drive
 from slamjax.slam import StabilityWarning, primal_dual_update, stability_bound
 
@@ -120,16 +121,6 @@ ADVANTAGE_REWARDS = ("local", "estimate")
 ACTOR_INPUTS = ("local", "global_self", "global")
 METRICS = ("return", "capture_rate", "consensus_critic", "consensus_actor_shared",
            "consensus_actor_private", "td_sq", "entropy")
-
-
-def _canonical(name) -> str:
-    if not isinstance(name, str):
-        raise ValueError(f"algorithm must be a string, got {name!r}")
-    key = name.strip().lower().replace("-", "_")
-    key = {"centralized": "central", "no_communication": "nocomm"}.get(key, key)
-    if key not in ALGORITHMS:
-        raise ValueError(f"unknown pursuit algorithm {name!r}; choose one of {tuple(ALGORITHMS)}")
-    return key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +161,9 @@ class PursuitACConfig:
     mdac_extra_consensus: int = 5
 
     def __post_init__(self):
-        object.__setattr__(self, "algorithm", _canonical(self.algorithm))
+        object.__setattr__(self, "algorithm", canonical_name(
+            self.algorithm, ALGORITHMS, "pursuit algorithm",
+            {"centralized": "central", "no_communication": "nocomm"}))
         layers = self.shared_actor_layers
         if isinstance(layers, str):
             layers = (layers,)
@@ -276,15 +269,8 @@ def make_pursuit_hparams(graph: Graph, config: PursuitACConfig | None = None, *,
     stability bound at either level."""
     config = PursuitACConfig() if config is None else config
     M = config.minibatch_size
-    vals = {"actor_step": actor_step, "critic_step": critic_step, "rho": rho,
-            "discount": discount}
-    for k, v in vals.items():
-        v = float(v)
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{k} must be finite and > 0, got {v}")
-        vals[k] = v
-    if vals["discount"] >= 1:
-        raise ValueError(f"discount must lie in (0, 1), got {vals['discount']}")
+    vals = positive_floats(actor_step=actor_step, critic_step=critic_step, rho=rho,
+                           discount=discount)
     a_lr, c_lr, rho = vals["actor_step"] * M, vals["critic_step"] * M, vals["rho"]
     g = {}
     for name, val, lr in (("gamma", gamma, c_lr), ("gamma_actor", gamma_actor, a_lr)):
@@ -595,10 +581,7 @@ class PursuitResult:
 
     @property
     def diverged_at(self) -> np.ndarray:
-        bad = np.zeros(np.shape(self.metrics["return"]), bool)
-        for k in ("td_sq", "consensus_critic", "entropy"):
-            bad |= ~np.isfinite(np.asarray(self.metrics[k]))
-        return np.where(bad.any(-1), bad.argmax(-1), -1)
+        return first_nonfinite(self.metrics, ("td_sq", "consensus_critic", "entropy"))
 
     def to_dict(self) -> dict:
         return {"algorithm": self.config.algorithm, "config": dataclasses.asdict(self.config),

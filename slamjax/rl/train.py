@@ -355,10 +355,7 @@ class RLResult:
     def diverged_at(self) -> np.ndarray:
         """(H, S): first round whose critic or actor metrics are not finite (−1: never). After
         that round the returns are meaningless (NaN logits sample a fixed action)."""
-        bad = np.zeros(np.shape(self.metrics["return"]), bool)
-        for k in ("td_sq", "consensus", "entropy", "return"):
-            bad |= ~np.isfinite(np.asarray(self.metrics[k]))
-        return np.where(bad.any(-1), bad.argmax(-1), -1)
+        return first_nonfinite(self.metrics, ("td_sq", "consensus", "entropy", "return"))
 
     def final(self, window: int = 50, name: str = "return") -> np.ndarray:
         """Per-run mean of ``name`` over the last ``window`` rounds, shape (H, S)."""
@@ -378,6 +375,15 @@ class RLResult:
             "diverged_at": self.diverged_at.tolist(),
             "metrics": {k: np.asarray(v).tolist() for k, v in self.metrics.items()},
         }
+
+
+def first_nonfinite(metrics: dict, names) -> np.ndarray:
+    """(H, S): the first round at which any of the metrics ``names`` (each (H, S, rounds)) is
+    not finite; −1 where none ever is."""
+    bad = np.zeros(np.shape(metrics[names[0]]), bool)
+    for k in names:
+        bad |= ~np.isfinite(np.asarray(metrics[k]))
+    return np.where(bad.any(-1), bad.argmax(-1), -1)
 
 
 def lanes(hparams, kind, seeds, num_updates: int, chunk: int):
