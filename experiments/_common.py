@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -142,3 +143,23 @@ def save_figure(fig, name_or_path, dpi: int = 130) -> Path:
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)
     return path
+
+
+def out_dir_error(out: Path, script: str) -> bool:
+    """True (after printing ``script: error: ...``) if ``--out`` names an existing file."""
+    if out.exists() and not out.is_dir():
+        print(f"{script}: error: --out {out} is an existing file, not a directory",
+              file=sys.stderr)
+        return True
+    return False
+
+
+def replot(path: Path, script: str, redo) -> int:
+    """``--replot``: ``redo(payload)`` on the JSON at ``path`` (0), or a clear error if no run
+    wrote it yet (2)."""
+    if not path.exists():
+        print(f"{script}: error: {path} does not exist; run without --replot first",
+              file=sys.stderr)
+        return 2
+    redo(json.loads(path.read_text()))
+    return 0

@@ -75,7 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from _common import machine_info, pyplot, write_json  # noqa: E402
+from _common import machine_info, out_dir_error, pyplot, replot, write_json  # noqa: E402
 from navigation import smooth  # noqa: E402  (the figures' moving average)
 
 import slamjax.rl as rl  # noqa: E402
@@ -561,19 +561,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args, cfg = parse_args(argv)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        print(f"navigation_hetero: error: --out {out} is an existing file, not a directory",
-              file=sys.stderr)
+    if out_dir_error(out, "navigation_hetero"):
         return 2
     if args.replot:
-        path = out / "nav_hetero.json"
-        if not path.exists():
-            print(f"navigation_hetero: error: {path} does not exist; run without --replot "
-                  "first", file=sys.stderr)
-            return 2
-        render(json.loads(path.read_text()), out)
-        print(tables(json.loads(path.read_text())))
-        return 0
+        return replot(out / "nav_hetero.json", "navigation_hetero",
+                      lambda payload: (render(payload, out), print(tables(payload))))
     out.mkdir(parents=True, exist_ok=True)
     parts = PARTS if args.part == "all" else (args.part,)
     print(f"navigation_hetero {parts}: jax {jax.__version__} on {jax.default_backend()}, "

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import sys
 import time
@@ -50,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 
-from _common import machine_info, pyplot, write_json  # noqa: E402
+from _common import machine_info, out_dir_error, pyplot, replot, write_json  # noqa: E402
 from navigation import smooth  # noqa: E402
 from navigation_hetero import ci95, ordering, paired_ci  # noqa: E402
 
@@ -338,20 +337,12 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args, cfg = parse_args(argv)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        print(f"pursuit: error: --out {out} is an existing file, not a directory",
-              file=sys.stderr)
+    if out_dir_error(out, "pursuit"):
         return 2
     path = out / "pursuit.json"
     if args.replot:
-        if not path.exists():
-            print(f"pursuit: error: {path} does not exist; run without --replot first",
-                  file=sys.stderr)
-            return 2
-        payload = json.loads(path.read_text())
-        render(payload, out)
-        print(tables(payload))
-        return 0
+        return replot(path, "pursuit", lambda payload: (render(payload, out),
+                                                         print(tables(payload))))
     out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
     log(f"pursuit {cfg['figs']}: jax {jax.__version__} on {jax.default_backend()}, "
