@@ -55,7 +55,9 @@ pursuer (PettingZoo's ``observe``).  The paper's actors read the global state, i
 pursuers are anonymous counts: an actor cannot tell where *it* is, so no policy of the form
 "move towards the nearest evader" is representable.  ``actor_input="global_self"`` adds a
 one-hot channel of the agent's own cell to the global state; ``"global"`` is the paper-literal
-input.  The local view is also 4.6× fewer pixels, which matters for the CPU budget.
+input.  The local view is also 4.6× fewer pixels, which matters for the CPU budget.  The
+critics' output layers start at zero (``critic_zero_init``): a random critic's variation over
+the grid would enter γ_d V(s') − V(s) as a bias on every move before the critic has learned.
 
 **Data.**  An update round collects one episode of ``max_cycles`` steps in each of
 ``num_envs`` environments (E·T transitions), shuffles them into K = ``iters_per_round``
@@ -136,6 +138,9 @@ class PursuitACConfig:
       num_envs: environments per update round, one episode each (8).
       iters_per_round: K iterations per round on disjoint minibatches (16; M = E·T/K = 50).
       features: channels of the two convolutions of every network ((4, 8)).
+      critic_zero_init: the critics' output layers start at 0 (True; module docstring).
+      advantage_reward: the reward in the actor's TD error, ``"local"`` (the agent's own,
+        default) or ``"estimate"`` (eq. (212)'s reward estimator R̂; module docstring).
       actor_input: what the actors read: ``"local"`` (7 × 7 view, default), ``"global_self"``
         (global state + own-cell channel) or ``"global"`` (paper-literal; module docstring).
       critic_steps: critic steps per iteration for the ``slam`` / ``dgd`` / ``local`` rules (1).
@@ -182,6 +187,7 @@ class PursuitACConfig:
         if len(feats) != 2 or min(feats) < 1:
             raise ValueError(f"features must be two positive channel counts, got {self.features!r}")
         object.__setattr__(self, "features", feats)
+        object.__setattr__(self, "critic_zero_init", bool(self.critic_zero_init))
         if self.advantage_reward not in ADVANTAGE_REWARDS:
             raise ValueError(f"advantage_reward must be one of {ADVANTAGE_REWARDS}, "
                              f"got {self.advantage_reward!r}")
