@@ -14,10 +14,11 @@ R_i; consensus on the critic makes every agent estimate the team value.  The act
   V(s; w_i), with a second LL task, a reward CNN R̂ fitted to R_i and kept in consensus so that
   it estimates R̄ = (1/n) Σ_i R_i.
 
-Why the default departs from eq. (212): in pilots the R̂ variant did not learn within the budget
-of the reproduction — 4 pursuers, 10 evaders, single-pursuer captures, 25-step episodes,
-3 seeds, 60 rounds, no communication: capture rate 0.26 → 0.27 (actor step 3e-4 per sample)
-and 0.26 → 0.27 (1e-4), against 0.26 → 0.46 with the observed reward (3e-4).  R̂ has to learn
+Why the default departs from eq. (212): in a pilot the R̂ variant did not learn within the
+budget of the reproduction (``experiments/pursuit_pilot.py``: 4 pursuers, 10 evaders,
+single-pursuer captures, 25-step episodes, 3 seeds, 60 rounds, no communication, actor step
+3e-4 per sample): capture rate 0.276 in the first tenth of the run and 0.272 in the last,
+against 0.273 → 0.390 with the observed reward (random team 0.267).  R̂ has to learn
 a product of two image channels (a pursuer landing on an evader) before the actor gets any
 signal, and after consensus it carries only 1/n of the agent's own capture.  Every algorithm
 uses the same TD error, so the comparison of consensus rules is unaffected by the choice.
