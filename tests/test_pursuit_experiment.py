@@ -75,3 +75,36 @@ def test_methods_subset():
 def test_replot_without_results_is_a_clear_error(tmp_path, capsys):
     assert pe.main(["--replot", "--out", str(tmp_path)]) == 2
     assert "does not exist; run without --replot first" in capsys.readouterr().err
+
+
+def test_bench_conv_smoke(tmp_path):
+    import bench_conv
+
+    out = tmp_path / "b.json"
+    assert bench_conv.main(["--seeds", "1", "--agents", "2", "--batch", "2", "--reps", "1",
+                            "--rounds", "1", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert set(payload["agent_samples_per_s"]) == {"patch", "lax_conv"}
+    assert all(v > 0 for v in payload["ratio"].values())
+
+
+@pytest.mark.slow  # see SLOW_WHY in test_pursuit_ac.py
+def test_pursuit_pilot_smoke(tmp_path):
+    import pursuit_pilot
+
+    out = tmp_path / "p.json"
+    assert pursuit_pilot.main(["--seeds", "1", "--rounds", "10", "--max-cycles", "10",
+                               "--num-envs", "2", "--iters", "2", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert set(payload["runs"]) == {"local", "estimate"}
+    assert all(len(r["capture_rate_tenths"]) == 10 for r in payload["runs"].values())
+
+
+@pytest.mark.parametrize("argv,msg", [(["--advantage", "oracle"], "--advantage: choose from"),
+                                      (["--rounds", "5"], "--rounds must be >= 10")])
+def test_pursuit_pilot_bad_arguments(argv, msg, capsys):
+    import pursuit_pilot
+
+    with pytest.raises(SystemExit) as e:
+        pursuit_pilot.main(argv)
+    assert e.value.code == 2 and msg in capsys.readouterr().err
