@@ -34,6 +34,7 @@ from jax import lax
 
 from slamjax.algorithm import (COUNTERS, Algorithm, evaluate, merge_static, problem_of,
                                split_static)
+from slamjax.caches import ProgramCache
 from slamjax.problem import (DATA_AXES, check_finite, check_precision, ll_min_curvature,
                              probe_problem)
 
@@ -509,8 +510,10 @@ _chunk = jax.jit(_chunk_impl, static_argnames=("static", "log_every", "nlogs", "
 
 #: compiled chunk programs, keyed on the static arguments and the abstract signature of the
 #: traced ones (shape, dtype, weak type, sharding): a new run with other numbers — other
-#: hyperparameters, data values, seeds — reuses the program; compile time is measured apart
-_COMPILED: dict = {}
+#: hyperparameters, data values, seeds — reuses the program; compile time is measured apart.
+#: Bounded (least recently used out): each live program holds memory mappings
+#: (:mod:`slamjax.caches`); ``slamjax.clear_caches()`` empties it.
+_PROGRAMS = ProgramCache(maxsize=32)
 
 
 def _signature(args):
@@ -521,15 +524,13 @@ def _signature(args):
 
 def _compiled(fn, args, statics):
     key = (fn, tuple(sorted(statics.items())), _signature(args))
-    if key not in _COMPILED:
-        _COMPILED[key] = fn.lower(*args, **statics).compile()
-    return _COMPILED[key]
+    return _PROGRAMS.get(key, lambda: fn.lower(*args, **statics).compile())
 
 
 def compiled_programs() -> int:
     """How many chunk programs :func:`run` has compiled in this process (a run with new
     numbers but the same shapes and static configuration adds none)."""
-    return len(_COMPILED)
+    return _PROGRAMS.compiles
 
 
 def _eval_impl(dyn, data, state, *, static, batch):

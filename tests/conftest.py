@@ -25,3 +25,14 @@ def x64():
     """Run the test body with float64 enabled."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop compiled programs after each test module. Every live XLA CPU program holds memory
+    mappings; without this a test worker that runs a few hundred tests passes Linux's
+    ``vm.max_map_count`` and dies in a later compile (see tests/test_caches.py)."""
+    yield
+    import slamjax
+
+    slamjax.clear_caches()

@@ -90,6 +90,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from slamjax.caches import check_memory_maps
 from slamjax.envs._checks import check_int
 from slamjax.envs.pursuit import NUM_ACTIONS, PursuitEnv
 from slamjax.graphs import Graph, ring
@@ -634,6 +635,7 @@ def run(config: PursuitACConfig | str = "slam_ac", graph: Graph | None = None, *
     H, S = len(hparams), len(seeds)
     chunk = sizes[0]
     opts = FAST_COMPILE if fast_compile else None
+    check_memory_maps()
     t0 = time.perf_counter()
     init, _ = _batched_fns(config, chunk)
     state = init.lower(keys).compile(compiler_options=opts)(keys)

@@ -53,6 +53,7 @@ from slamjax.baselines.controls import (central_critic_step, central_critic_upda
                                         local_critic_update)
 from slamjax.baselines.dac import dgd_critic_update
 from slamjax.baselines.mdac import mdac_critic_update, mdac_fresh_critic_update
+from slamjax.caches import check_memory_maps
 from slamjax.graphs import Graph, erdos_renyi, ring, spectral_gap
 from slamjax.run import drive
 from slamjax.rl.core import (ACConfig, ACHyperParams, TrainState, critic_grads, make_batch,
@@ -438,6 +439,7 @@ def run(algorithm: str | ACConfig = "slam_ac", graph: Graph | None = None, *,
     desc = desc or config.display_name
 
     opts = FAST_COMPILE if fast_compile else None
+    check_memory_maps()
     t0 = time.perf_counter()
     compiled = {}
     init, _ = _batched_fns(config, chunk)
