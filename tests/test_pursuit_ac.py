@@ -19,10 +19,6 @@ from slamjax.graphs import laplacian_dense, mixing_matrix, ring
 from slamjax.rl import pursuit_ac as P
 from slamjax.slam import StabilityWarning
 
-#: SLOW_WHY: the training runs below compile the whole trainer (~50 s each); after they were
-#: added, two fresh-clone CI runs each lost a pytest-xdist worker to a segmentation fault inside
-#: XLA's CPU compiler in a *later*, unrelated test (test_slam, test_warm_start; both pass alone
-#: and after these tests in one process). Until that is understood they run with ``-m slow``.
 #: a tiny but complete setting: 4 pursuers on a ring, 25-step episodes, 4 environments
 TINY = dict(n_pursuers=4, n_evaders=4, max_cycles=25, num_envs=4, iters_per_round=2)
 
@@ -143,7 +139,6 @@ def tiny_runs():
     return out
 
 
-@pytest.mark.slow  # see SLOW_WHY above
 def test_masked_actor_leaves_reach_consensus_and_unmasked_do_not(tiny_runs):
     for name in ("slam", "cac"):
         r = tiny_runs[name]
@@ -162,7 +157,6 @@ def test_masked_actor_leaves_reach_consensus_and_unmasked_do_not(tiny_runs):
     assert np.all(nocomm > 0.1 * tiny_runs["nocomm"].initial["critic"])  # never talks
 
 
-@pytest.mark.slow  # see SLOW_WHY above
 def test_same_seed_same_numbers_and_paired_streams(tiny_runs):
     g = ring(4)
     cfg = tiny_runs["slam"].config
@@ -176,7 +170,6 @@ def test_same_seed_same_numbers_and_paired_streams(tiny_runs):
                                   np.asarray(tiny_runs["nocomm"].metrics["return"])[..., 0])
 
 
-@pytest.mark.slow  # see SLOW_WHY above
 def test_tiny_training_run_beats_the_random_policys_capture_rate():
     """SLAM-AC (consensus on actor conv1 and the critic) on a small, easy variant — 4 pursuers,
     10 evaders, one pursuer per capture, 25-step episodes — for 100 rounds (20,000 env steps

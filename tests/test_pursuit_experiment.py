@@ -16,7 +16,6 @@ import pursuit as pe  # noqa: E402
 ALGS = {"slam_ac", "cac", "nocomm"}
 
 
-@pytest.mark.slow  # see SLOW_WHY in test_pursuit_ac.py
 def test_pursuit_reproduction_smoke(tmp_path):
     assert pe.main(["--quick", "--no-progress", "--methods", ",".join(sorted(ALGS)),
                     "--out", str(tmp_path)]) == 0
@@ -88,7 +87,6 @@ def test_bench_conv_smoke(tmp_path):
     assert all(v > 0 for v in payload["ratio"].values())
 
 
-@pytest.mark.slow  # see SLOW_WHY in test_pursuit_ac.py
 def test_pursuit_pilot_smoke(tmp_path):
     import pursuit_pilot
 
