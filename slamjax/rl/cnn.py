@@ -16,15 +16,16 @@ drawn in the paper's Fig 3 image, so they are chosen here:
   (critic, 393).  With C = 3: ``conv1`` 112, ``conv2`` 296 — 2,373 (actor) / 801 (critic).
 
 Why these sizes: a forward pass costs ~0.04 M multiply-adds (counted: 15·15·27·4 + 7·7·36·8
-+ 392) against ~0.31 M for 8/16 channels with the pool at the end, and the whole pursuit reproduction (ten seeds, several algorithms, two
-figures) has to train within 45 minutes.  3 x 3 kernels match the grid's 4-neighbourhood
++ 392) against ~0.31 M for 8/16 channels with the pool at the end, and the whole pursuit
+reproduction (ten seeds, several algorithms, two figures) has to train within 45 minutes.  3 x 3 kernels match the grid's 4-neighbourhood
 (moves, tag reward, captures).  ``features`` and ``kernel`` are fields to change them.
 
 **Convolution as a matrix product.**  The convolutions are written as explicit patch
 extraction (``kernel**2`` shifted slices) followed by one matrix product, not ``lax.conv``:
 under ``vmap`` over the agents' parameters, XLA turns ``lax.conv`` into a grouped convolution
 whose gradient ran 24x slower on the 2-core CPU (1,285 against 30,940 agent-samples/s for
-this network, 4 agents x 10 seeds; ``experiments/bench_conv.py``); a batched matrix product vectorises well on every backend.  The result equals
+this network, 4 agents x 10 seeds; ``experiments/bench_conv.py``); a batched matrix product
+vectorises well on every backend.  The result equals
 ``flax.linen.Conv(features, (k, k), padding="SAME")`` with the same ``kernel`` ``(k, k, C, F)``
 and ``bias`` parameters (tested).
 

@@ -90,7 +90,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from slamjax.caches import check_memory_maps
 from slamjax.envs._checks import check_int
 from slamjax.envs.pursuit import NUM_ACTIONS, PursuitEnv
 from slamjax.graphs import Graph, ring
@@ -98,7 +97,8 @@ from slamjax.rl.cnn import CNN_FEATURES, CNNActor, CNNCritic
 from slamjax.rl.core import (CriticBatch, auto_gamma, canonical_name, critic_grads,
                              positive_floats)
 from slamjax.rl.nets import apply_agents, init_agents
-from slamjax.rl.train import CRITIC_RULES, FAST_COMPILE, first_nonfinite, graph_info, lanes
+from slamjax.rl.train import (CRITIC_RULES, compile_program, first_nonfinite, graph_info,
+                              lanes)
 from slamjax.run import drive
 from slamjax.slam import StabilityWarning, primal_dual_update, stability_bound
 
@@ -634,11 +634,9 @@ def run(config: PursuitACConfig | str = "slam_ac", graph: Graph | None = None, *
                                             check_int("chunk", chunk, 1))
     H, S = len(hparams), len(seeds)
     chunk = sizes[0]
-    opts = FAST_COMPILE if fast_compile else None
-    check_memory_maps()
     t0 = time.perf_counter()
     init, _ = _batched_fns(config, chunk)
-    state = init.lower(keys).compile(compiler_options=opts)(keys)
+    state = compile_program(init, keys, fast_compile=fast_compile)(keys)
     mask = actor_mask(config, jax.tree.map(lambda a: a[0], state.actor))
     initial = {"actor_shared": float(np.mean(jax.vmap(
                    lambda a: _disagreement(graph, a, mask, True))(state.actor))),
@@ -647,8 +645,8 @@ def run(config: PursuitACConfig | str = "slam_ac", graph: Graph | None = None, *
                "critic": float(np.mean(jax.vmap(graph.disagreement)(state.critic)))}
     compiled = {}
     for L in sorted(set(sizes)):
-        compiled[L] = _batched_fns(config, L)[1].lower(graph, hp, state).compile(
-            compiler_options=opts)
+        compiled[L] = compile_program(_batched_fns(config, L)[1], graph, hp, state,
+                                      fast_compile=fast_compile)
     compile_time = time.perf_counter() - t0
 
     def on_chunk(st, m, done):

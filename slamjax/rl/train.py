@@ -326,6 +326,13 @@ def make_train(config: ACConfig, num_updates: int):
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
+def compile_program(fn, *args, fast_compile: bool = False):
+    """``fn.lower(*args).compile()`` (with :data:`FAST_COMPILE` if asked), after checking that
+    the process has memory mappings left for one more program (:mod:`slamjax.caches`)."""
+    check_memory_maps()
+    return fn.lower(*args).compile(compiler_options=FAST_COMPILE if fast_compile else None)
+
+
 @functools.lru_cache(maxsize=64)
 def _batched_fns(config: ACConfig, length: int):
     init = jax.jit(jax.vmap(lambda hp, k: init_state(config, hp, k)))
@@ -438,15 +445,13 @@ def run(algorithm: str | ACConfig = "slam_ac", graph: Graph | None = None, *,
     chunk = sizes[0]
     desc = desc or config.display_name
 
-    opts = FAST_COMPILE if fast_compile else None
-    check_memory_maps()
     t0 = time.perf_counter()
     compiled = {}
     init, _ = _batched_fns(config, chunk)
-    state = init.lower(hp, keys).compile(compiler_options=opts)(hp, keys)
+    state = compile_program(init, hp, keys, fast_compile=fast_compile)(hp, keys)
     for L in sorted(set(sizes)):
         _, fn = _batched_fns(config, L)
-        compiled[L] = fn.lower(graph, hp, state).compile(compiler_options=opts)
+        compiled[L] = compile_program(fn, graph, hp, state, fast_compile=fast_compile)
     jax.block_until_ready(state)
     compile_time = time.perf_counter() - t0
 
