@@ -53,7 +53,7 @@ import slamjax as sj  # noqa: E402
 from slamjax import faults as F  # noqa: E402
 from slamjax.baselines.dsoba_gt import DSOBAGTParams, dsoba_gt  # noqa: E402
 from slamjax.problems.quadratic import make_quadratic  # noqa: E402
-from slamjax.run import check_output_file  # noqa: E402
+from slamjax.io import check_output_file  # noqa: E402
 
 TARGET = 1.5
 

@@ -155,30 +155,13 @@ def _crossings(steps, rows, threshold):
 
 
 def selection_stop(num_points, num_seeds, threshold=THRESHOLD, metric=METRIC):
-    """``sj.run`` callback for a grid × seeds run (grid-major lanes): stop once the selection
-    is decided — some point has crossed ``threshold`` on every seed and every unfinished point
-    has a lower bound on its seed-mean crossing (seeds not yet crossed counted at the current
-    step) at or above the best finished mean."""
-    def callback(steps, hist):
-        acc = np.asarray(hist[metric], float).reshape(num_points, num_seeds, -1)
-        now = float(steps[-1])
-        best, bounds = math.inf, []
-        for rows in acc:
-            c = _crossings(steps, rows, threshold)
-            if np.isfinite(c).all():
-                best = min(best, float(c.mean()))
-            else:
-                bounds.append(float(np.where(np.isfinite(c), c, now).mean()))
-        return bool(math.isfinite(best) and all(b >= best for b in bounds))
-    return callback
+    """:func:`slamjax.problems.meta_anil.selection_stop` on this experiment's metric."""
+    return MA.selection_stop(num_points, num_seeds, threshold, metric)
 
 
 def all_crossed_stop(threshold=THRESHOLD, metric=METRIC):
-    """``sj.run`` callback: stop once every lane has crossed ``threshold``."""
-    def callback(steps, hist):
-        acc = np.asarray(hist[metric], float).reshape(-1, len(steps))
-        return bool(np.isfinite(_crossings(steps, acc, threshold)).all())
-    return callback
+    """:func:`slamjax.problems.meta_anil.all_crossed_stop` on this experiment's metric."""
+    return MA.all_crossed_stop(threshold, metric)
 
 
 def run_lanes(alg, params0, data, num_agents, seeds, grid, *, max_steps, log_every, stop,
@@ -810,6 +793,9 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--replot", action="store_true",
                    help="redraw the figures (and Table 2 Markdown) from the saved JSON")
+    p.add_argument("--summarize", default=None, metavar="JSON",
+                   help="print the summary of a Table 2 result file ({'per_n': ...}) as JSON "
+                        "and exit (no compute)")
     a = p.parse_args(argv)
     if a.quick:
         a.ns = a.ns or [1, 2]
@@ -853,6 +839,9 @@ def main(argv=None) -> int:
     machine = _machine()
     suffix = "_quick" if args.quick else ""
     out = Path(args.out)
+    if args.summarize:
+        print(json.dumps(summarize(json.loads(Path(args.summarize).read_text()), args)))
+        return 0
     if args.replot:
         name = f"fig9{suffix}.json" if args.fig9 else f"table2{suffix}.json"
         res = json.loads((out / name).read_text())

@@ -212,24 +212,26 @@ def run_one(algorithm, n, rounds, seeds, args, hparams=None, graph=None, label=N
 
 
 def entry(res, h: int, wall: float, extra=None) -> dict:
+    """Lane ``h`` (hyperparameter setting) of the RunResult ``res`` of :func:`slamjax.rl.run`.
+    ``diverged_at`` (per seed): rounds done when the lane went non-finite (−1: finite)."""
     ret = np.array(res.metrics["return"][h], dtype=float)
     cons = np.array(res.metrics["consensus"][h], dtype=float)
-    div = res.diverged_at[h]
-    for s_, r_ in enumerate(div):
-        if r_ >= 0:  # after a divergence the returns are meaningless
+    div = res.lane_diverged()[h]
+    for s_, r_ in enumerate(rl.first_nonfinite_round(res)[h]):
+        if r_ >= 0:  # from the round that went non-finite on the returns are meaningless
             ret[s_, r_:] = np.nan
             cons[s_, r_:] = np.nan
+    meta = res.meta
     d = {"summary": summarize(ret, div), "curve_binned": binned(ret),
          "consensus_binned": binned(cons), "td_sq_final": float(
              np.asarray(res.metrics["td_sq"][h])[:, -final_window(ret.shape[1]):].mean()),
          "entropy_final": float(np.asarray(res.metrics["entropy"][h])[:, -1].mean()),
-         "hparams": {k: float(v) for k, v in res.hparams[h]._asdict().items()},
+         "hparams": {k: float(v) for k, v in meta["hparams"][h]._asdict().items()},
          "compile_time_s": res.compile_time, "run_time_s": res.run_time, "wall_time_s": wall,
-         "random_policy_return": res.random_return,
-         "graph": rl.graph_info(res.graph),
-         "communication": rl.comm_info(res.config, res.graph),
-         "config": {k: v for k, v in __import__("dataclasses").asdict(res.config).items()}}
-    if res.config.track_central:
+         "random_policy_return": meta["random_policy_return"], "graph": meta["graph"],
+         "communication": meta["communication"],
+         "config": __import__("dataclasses").asdict(meta["config"])}
+    if meta["config"].track_central:
         w = final_window(ret.shape[1])
         for k in ("consensus_w", "consensus_w_ema", "value_err", "rhat_err"):
             v = np.array(res.metrics[k][h], dtype=float)  # (S, U)
@@ -590,6 +592,9 @@ def parse_args(argv=None):
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--replot", action="store_true",
                    help="redraw the PNG (and reprint the tables) from an existing JSON")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings (graph, actor, ACConfig and make_hparams "
+                        "overrides per n of each figure) as JSON and exit")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
@@ -617,9 +622,21 @@ def parse_args(argv=None):
     return args
 
 
+def resolved_config(args, figs) -> dict:
+    """What the runs of ``figs`` would use: the graph kind and actor, and per figure and n the
+    ACConfig and make_hparams overrides and the graph's kind (``--print-config``)."""
+    return {"graph": args.graph, "actor": args.actor, "hparam_kwargs": hparam_kwargs(args),
+            "figures": {fig: {str(n): {"config_kwargs": config_kwargs(args, n),
+                                       "graph_kind": make_graph(args, n).kind}
+                              for n in FIGURES[fig]["ns"]} for fig in figs}}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     figs = ["1", "7", "5", "6"] if args.figure == "all" else [args.figure]
+    if args.print_config:
+        print(json.dumps(resolved_config(args, figs)))
+        return 0
     if args.replot:
         for fig in figs:
             stem = fig if fig in ("ablation", "mechanism") else f"fig{fig}"

@@ -81,6 +81,7 @@ from navigation import smooth  # noqa: E402  (the figures' moving average)
 import slamjax.rl as rl  # noqa: E402
 from slamjax.rl.core import DISPLAY  # noqa: E402
 from slamjax.rl.evaluation import critic_fixed_points, random_policy_dataset  # noqa: E402
+from slamjax.rl.stats import ci95, ordering, paired_ci, t_quantile  # noqa: E402
 
 BIN = 10  # rounds per stored point of the per-seed curves (as experiments/navigation.py)
 ENV_STEPS_PER_ROUND = 16 * 25
@@ -101,44 +102,6 @@ MECH_C = (0.0, 0.5, 1.0)
 SLAM_LANES = {"ρ=0.1": (0.1, "auto"), "ρ=1": (1.0, "auto")}
 MECH_SLAM_LANES = {"ρ=0.1, γ auto": (0.1, "auto"), "ρ=0.1, γ=1": (0.1, 1.0),
                    "ρ=1, γ auto": (1.0, "auto")}
-
-
-# ----------------------------------------------------------------------------------------
-# statistics
-# ----------------------------------------------------------------------------------------
-def t_quantile(dof: int) -> float:
-    """Two-sided 95 % Student-t quantile."""
-    from scipy.stats import t
-    return float(t.ppf(0.975, dof))
-
-
-def ci95(x) -> dict:
-    """Mean, std and the 95 % t-interval half-width of the finite values of ``x``."""
-    x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
-    S = len(x)
-    m = float(x.mean()) if S else float("nan")
-    sd = float(x.std(ddof=1)) if S > 1 else float("nan")
-    h = t_quantile(S - 1) * sd / math.sqrt(S) if S > 1 else float("nan")
-    return {"mean": m, "std": sd, "ci95": h, "lo": m - h, "hi": m + h, "seeds": S}
-
-
-def paired_ci(a, b) -> dict:
-    """Per-seed differences a − b (seeds where either is NaN dropped): mean, 95 % interval,
-    paired t, wins; ``verdict`` is 'a > b', 'a < b' or 'tie' (interval contains 0)."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    c = ci95(d)
-    d = d[np.isfinite(d)]
-    t = c["mean"] / (c["std"] / math.sqrt(c["seeds"])) if c["seeds"] > 1 and c["std"] > 0 \
-        else float("nan")
-    verdict = "tie" if not (c["lo"] > 0 or c["hi"] < 0) else ("a > b" if c["lo"] > 0 else "a < b")
-    return {**c, "t": t, "wins": int((d > 0).sum()), "verdict": verdict,
-            "diff_per_seed": d.tolist()}
-
-
-def ordering(means: dict) -> str:
-    """'A > B > C' by mean (higher return first)."""
-    return " > ".join(k for k, _ in sorted(means.items(), key=lambda kv: -kv[1]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -210,8 +173,8 @@ def mechanism(cfg: dict, progress=print, out=None, save=None, fast_compile=False
 def _entry(res, h, wall) -> dict:
     """Per-seed final / AUC returns, binned curves, critic metrics of lane ``h``."""
     ret = np.array(res.metrics["return"][h], dtype=float)  # (S, U)
-    for s_, r_ in enumerate(res.diverged_at[h]):
-        if r_ >= 0:
+    for s_, r_ in enumerate(rl.first_nonfinite_round(res)[h]):
+        if r_ >= 0:  # from the round that went non-finite on
             ret[s_, r_:] = np.nan
     U = ret.shape[1]
     w = max(1, U // 10)
@@ -224,12 +187,13 @@ def _entry(res, h, wall) -> dict:
 
     d = {"final_per_seed": ret[:, -w:].mean(axis=1).tolist(),
          "auc_per_seed": ret.mean(axis=1).tolist(), "curve_binned": binned(ret),
-         "bin_rounds": BIN if k else 1, "diverged_at": [int(x) for x in res.diverged_at[h]],
-         "hparams": {kk: float(v) for kk, v in res.hparams[h]._asdict().items()},
-         "random_policy_return": res.random_return, "compile_time_s": res.compile_time,
-         "run_time_s": res.run_time, "wall_time_s": wall,
-         "communication": rl.comm_info(res.config, res.graph)}
-    if res.config.track_central:
+         "bin_rounds": BIN if k else 1,
+         "diverged_at": [int(x) for x in res.lane_diverged()[h]],  # rounds done, −1: finite
+         "hparams": {kk: float(v) for kk, v in res.meta["hparams"][h]._asdict().items()},
+         "random_policy_return": res.meta["random_policy_return"],
+         "compile_time_s": res.compile_time, "run_time_s": res.run_time, "wall_time_s": wall,
+         "communication": res.meta["communication"]}
+    if res.meta["config"].track_central:
         for m in ("consensus_w", "value_err"):
             v = np.array(res.metrics[m][h], dtype=float)
             d[f"{m}_final_per_seed"] = v[:, -w:].mean(axis=1).tolist()

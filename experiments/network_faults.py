@@ -73,7 +73,7 @@ from slamjax.baselines.dsgd_bilevel import DSGDBilevelParams, dsgd_bilevel  # no
 from slamjax.baselines.dsoba import DSOBAParams, dsoba  # noqa: E402
 from slamjax.baselines.dsoba_gt import DSOBAGTParams, dsoba_gt  # noqa: E402
 from slamjax.problems.quadratic import make_quadratic  # noqa: E402
-from slamjax.run import check_output_file  # noqa: E402
+from slamjax.io import check_output_file  # noqa: E402
 
 ETA = 0.01
 METHODS = ("slam", "bias_free_slam", "dsoba", "dsoba_gt", "dsgd_bilevel")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import sys
 import time
@@ -51,9 +52,9 @@ import jax  # noqa: E402
 
 from _common import machine_info, out_dir_error, pyplot, replot, write_json  # noqa: E402
 from navigation import smooth  # noqa: E402
-from navigation_hetero import ci95, ordering, paired_ci  # noqa: E402
 
 from slamjax.rl import pursuit_ac as P  # noqa: E402
+from slamjax.rl.stats import ci95, ordering, paired_ci  # noqa: E402
 from slamjax.slam import StabilityWarning  # noqa: E402
 
 FULL = dict(pursuers=8, evaders=30, max_cycles=100, num_envs=8, iters_per_round=16,
@@ -111,7 +112,7 @@ def tune(cfg, graph, args, log) -> dict:
         best = int(np.argmax(score))  # ties -> the smaller step (first)
         out[alg] = {"steps": cfg["tune_steps"], "score": score.tolist(),
                     "chosen": cfg["tune_steps"][best],
-                    "diverged": (res.diverged_at >= 0).sum(-1).tolist(),
+                    "diverged": (res.lane_diverged() >= 0).sum(-1).tolist(),
                     "wall_s": res.compile_time + res.run_time}
         log(f"tune {P.DISPLAY[alg]:>18}: mean return (last {last} rounds) "
             + ", ".join(f"{s:g}: {v:.3f}" for s, v in zip(cfg["tune_steps"], score))
@@ -119,20 +120,22 @@ def tune(cfg, graph, args, log) -> dict:
     return out
 
 
-def _entry(res: P.PursuitResult, step, cfg) -> dict:
+def _entry(res, step, cfg) -> dict:
+    """The one setting of the RunResult ``res`` of :func:`slamjax.rl.pursuit_ac.run`;
+    ``diverged_at`` per seed: rounds done when the lane went non-finite (−1: finite)."""
     m = {k: np.asarray(v)[0] for k, v in res.metrics.items()}  # (S, rounds)
     w = cfg["final_window"]
-    hp = res.hparams[0]
-    return {"algorithm": res.config.algorithm, "display": P.DISPLAY[res.config.algorithm],
-            "shared_actor_layers": list(res.config.shared_actor_layers),
+    config, hp = res.meta["config"], res.meta["hparams"][0]
+    return {"algorithm": config.algorithm, "display": P.DISPLAY[config.algorithm],
+            "shared_actor_layers": list(config.shared_actor_layers),
             "actor_step_per_sample": step,
             "hparams": {k: float(v) for k, v in hp._asdict().items()},
-            "final_return": res.final("return", w)[0].tolist(),
+            "final_return": res.window_mean("return", w)[0].tolist(),
             "auc_return": m["return"].mean(-1).tolist(),
-            "final_capture": res.final("capture_rate", w)[0].tolist(),
+            "final_capture": res.window_mean("capture_rate", w)[0].tolist(),
             "curves": {k: v.tolist() for k, v in m.items()},
-            "initial_disagreement": res.initial,
-            "diverged_at": res.diverged_at[0].tolist(),
+            "initial_disagreement": res.meta["initial_disagreement"],
+            "diverged_at": res.lane_diverged()[0].tolist(),
             "compile_s": res.compile_time, "run_s": res.run_time}
 
 
@@ -300,6 +303,8 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--replot", action="store_true",
                    help="rewrite the tables and figures from the existing JSON")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings as JSON and exit")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     if args.figs:
@@ -336,6 +341,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args, cfg = parse_args(argv)
+    if args.print_config:
+        print(json.dumps(cfg))
+        return 0
     out = Path(args.out)
     if out_dir_error(out, "pursuit"):
         return 2
@@ -349,7 +357,7 @@ def main(argv=None) -> int:
         f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {cfg}")
     t0, c0 = time.perf_counter(), time.process_time()
     base = _config(cfg, "slam_ac", SHARED)
-    graph = P.default_graph(base.n)
+    graph = P.pursuit_graph(base.n)
     payload = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                "command": " ".join(sys.argv), "quick": bool(args.quick), "cfg": cfg,
                "env": dataclasses.asdict(base.env()),

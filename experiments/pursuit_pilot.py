@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         p.error(str(e))
     first = configs[advs[0]]
-    graph = P.default_graph(first.n)
+    graph = P.pursuit_graph(first.n)
     rand = P.random_capture_rate(first, episodes=512)
     print(f"random team: capture rate {rand['capture_rate']:.3f}, return {rand['return']:.3f} "
           f"({rand['episodes']} episodes)", flush=True)
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         tenths = cap.mean(0).reshape(10, -1).mean(1)
         out["runs"][a] = {"capture_rate_tenths": tenths.tolist(),
                           "capture_rate": cap.tolist(),
-                          "diverged_at": res.diverged_at[0].tolist()}
+                          "diverged_at": res.lane_diverged()[0].tolist()}
         print(f"{a:>9}: capture rate per tenth of the run "
               + " ".join(f"{v:.3f}" for v in tenths), flush=True)
     out["wall_time_s"] = time.perf_counter() - t0

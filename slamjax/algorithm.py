@@ -11,21 +11,26 @@
   iterates are ``state.x`` and ``state.y``; caches a method needs (e.g. SLAM's Laplacian
   products) live *inside* the state, so a step is the same function wherever it is called.
 * ``step(key, state, params, data) -> (state, info)``: one iteration. ``key`` is this step's
-  key (the runner passes ``fold_in(run_key, t)``); ``params`` is a NamedTuple of traced
-  arrays (step sizes, penalties): vmap over it for a grid, differentiate it. ``info`` is a
-  dict of scalars the step computed anyway; the runner accumulates the counters
-  ``"messages"`` (scalars sent over the network) and ``"minibatches"`` (per-agent minibatches
-  drawn) and logs the others.
-* ``metrics(state, data) -> dict`` (optional): what the runner logs every ``log_every`` steps.
+  key (the loop passes ``fold_in(run_key, t)``); ``params`` is a NamedTuple of traced arrays
+  (step sizes, penalties): vmap over it for a grid, differentiate it. ``info`` is a dict the
+  step computed anyway; the driver sums the counters ``"messages"`` (scalars sent over the
+  network) and ``"minibatches"`` (per-agent minibatches drawn) and logs the others.
+* ``metrics(state, data) -> dict`` (optional): what the driver logs every ``log_every`` steps.
 * ``check(params, state, data)`` (optional): eager validation on concrete values (clear
-  errors, stability warnings) run by :func:`slamjax.run` and :func:`slamjax.solve`.
+  errors, stability warnings) run before anything is compiled.
 
-An :class:`Algorithm` is a pytree: the library builds its functions as
-:class:`jax.tree_util.Partial` over the communication object, so the graph's edge arrays are
-*arguments* of the compiled programs (never constants baked into them) and the static parts
-(problem, configuration) are hashed for the compilation cache. A user's own algorithm can use
-plain closures instead: the runner splits any algorithm into its array leaves (traced) and
-everything else (static, hashed by identity).
+The library builds every method from a **kernel** whose communication object is an argument,
+``kernel(key, state, params, data, comm) -> (state, info)`` (blackjax's ``build_kernel``
+shape); :func:`from_kernel` binds it to one ``comm`` and keeps both on the :class:`Algorithm`
+(``alg.kernel``, ``alg.comm``), so a wrapper (:func:`slamjax.faults.with_faults`) can run the
+same kernel on another communication object without looking inside any function. ``alg.problem``
+names the :class:`~slamjax.BilevelProblem` the method solves (the input checks use it).
+
+An :class:`Algorithm` is a pytree. The library's functions are :class:`jax.tree_util.Partial`
+over the communication object, so the graph's edge arrays are *arguments* of the compiled
+programs (never constants baked into them) and the static parts (problem, configuration) are
+hashed for the compilation cache. A user's own algorithm can use plain closures: the driver
+splits any algorithm into its array leaves (traced) and the rest (static, hashed).
 
 The model is optax's ``GradientTransformation`` and blackjax's ``SamplingAlgorithm``.
 """
@@ -37,22 +42,42 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-__all__ = ["Algorithm", "Static", "evaluate", "split_static", "merge_static", "REGISTRY", "make_algorithm",
-           "register", "COUNTERS", "problem_of"]
+__all__ = ["Algorithm", "Static", "from_kernel", "bind_comm", "evaluate", "split_static",
+           "merge_static", "REGISTRY", "RegistryEntry", "make_algorithm", "register",
+           "COUNTERS", "params_class_error"]
 
-#: ``info`` entries that the runner sums over steps (every other scalar is logged as is)
 COUNTERS = ("messages", "minibatches")
+"""``info`` entries that the driver sums over steps (every other entry is logged as is)."""
 
 
 class Algorithm(NamedTuple):
-    """A decentralized method: ``init(x0, y0, data)`` and ``step(key, state, params, data)``
-    (see the module docstring), plus optional ``metrics(state, data)`` and eager
-    ``check(params, state, data)``."""
+    """A decentralized method (see the module docstring).
+
+    Attributes:
+      init: ``init(x0, y0, data) -> state``.
+      step: ``step(key, state, params, data) -> (state, info)``.
+      metrics: ``metrics(state, data) -> dict`` or ``None``.
+      check: eager ``check(params, state, data)`` or ``None``.
+      kernel: ``kernel(key, state, params, data, comm) -> (state, info)`` — the step with its
+        communication object as an argument (``None`` for a closure-based user algorithm).
+      comm: the communication object ``step`` runs on (a :class:`~slamjax.Graph`).
+      problem: the :class:`~slamjax.BilevelProblem` solved, or ``None``.
+    """
 
     init: Callable
     step: Callable
     metrics: Callable | None = None
     check: Callable | None = None
+    kernel: Callable | None = None
+    comm: Any = None
+    problem: Any = None
+
+
+# the problem is static data of the pytree (hashed by identity), not a leaf: an Algorithm can
+# be passed to a jitted function like any other pytree of arrays and Partials
+jax.tree_util.register_pytree_node(
+    Algorithm, lambda a: (tuple(a[:6]), a.problem),
+    lambda problem, children: Algorithm(*children, problem=problem))
 
 
 @jax.tree_util.register_pytree_node_class
@@ -74,6 +99,23 @@ class Static:
         return f"Static({self.value!r})"
 
 
+def bind_comm(kernel: Callable, comm, key, state, params, data):
+    """``kernel(key, state, params, data, comm)``: the step of :func:`from_kernel`."""
+    return kernel(key, state, params, data, comm)
+
+
+def from_kernel(init: Callable, kernel: Callable, comm, *, metrics: Callable | None = None,
+                check: Callable | None = None, problem=None) -> Algorithm:
+    """An :class:`Algorithm` whose ``step`` is ``kernel`` on ``comm``.
+
+    ``kernel(key, state, params, data, comm) -> (state, info)``; ``init``, ``metrics`` and
+    ``check`` have the contract's signatures (close them over ``comm`` where they need it).
+    Pass pytrees (e.g. :class:`jax.tree_util.Partial`) to keep arrays out of the static part."""
+    P = jax.tree_util.Partial
+    return Algorithm(init=init, step=P(bind_comm, kernel, comm), metrics=metrics, check=check,
+                     kernel=kernel, comm=comm, problem=problem)
+
+
 def evaluate(algorithm: Algorithm, state, data) -> dict:
     """The algorithm's metrics of ``state`` (an empty dict if it has none). jit-able."""
     if algorithm.metrics is None:
@@ -81,18 +123,13 @@ def evaluate(algorithm: Algorithm, state, data) -> dict:
     return dict(algorithm.metrics(state, data))
 
 
-def problem_of(algorithm: Algorithm):
-    """The :class:`~slamjax.BilevelProblem` an algorithm was built on, or ``None``: the
-    library's builders pass ``Static((problem, config))`` to the ``Partial`` of ``step``
-    (a user's closure-based algorithm has none, and then only the generic checks run)."""
-    from slamjax.problem import BilevelProblem
-
-    for arg in getattr(algorithm.step, "args", ()):
-        value = arg.value if isinstance(arg, Static) else arg
-        for item in value if isinstance(value, tuple) else (value,):
-            if isinstance(item, BilevelProblem):
-                return item
-    return None
+def params_class_error(who: str, expected: type, params) -> TypeError:
+    """The error for another method's (or no) params NamedTuple reaching ``who``."""
+    return TypeError(
+        f"{who} expects its params as {expected.__name__} (build them with "
+        f"{expected.__name__}.create(...): fields {expected._fields}), got "
+        f"{type(params).__name__}" + (f" with fields {params._fields}"
+                                      if hasattr(params, "_fields") else ""))
 
 
 # ----------------------------------------------------------------------------------------
@@ -102,26 +139,29 @@ def _is_array(x) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, np.generic))
 
 
-class _StaticPart(NamedTuple):
+class StaticPart(NamedTuple):
+    """The hashable rest of :func:`split_static`: tree structure and non-array leaves."""
+
     treedef: Any
-    statics: tuple  # non-array leaves in order, None where an array leaf was
+    statics: tuple  # non-array leaves in order (hashed), None where an array leaf was
 
 
-def split_static(tree) -> tuple[list, _StaticPart]:
+def split_static(tree) -> tuple[list, StaticPart]:
     """(array leaves, hashable rest). Non-array leaves (functions, strings, …) are static."""
     leaves, treedef = jax.tree.flatten(tree)
     arrays = [leaf if _is_array(leaf) else None for leaf in leaves]
-    statics = tuple(None if _is_array(leaf) else _Hashed(leaf) for leaf in leaves)
-    return arrays, _StaticPart(treedef, statics)
+    statics = tuple(None if _is_array(leaf) else Hashed(leaf) for leaf in leaves)
+    return arrays, StaticPart(treedef, statics)
 
 
-def merge_static(arrays: list, static: _StaticPart):
+def merge_static(arrays: list, static: StaticPart):
+    """The inverse of :func:`split_static`."""
     leaves = [a if s is None else s.value for a, s in zip(arrays, static.statics)]
     return jax.tree.unflatten(static.treedef, leaves)
 
 
-class _Hashed:
-    """Hash a static leaf by value when it is hashable, else by identity."""
+class Hashed:
+    """A static leaf hashed by value when it is hashable, else by identity."""
 
     __slots__ = ("value", "_key")
 
@@ -137,7 +177,7 @@ class _Hashed:
         return hash(self._key)
 
     def __eq__(self, other):
-        return isinstance(other, _Hashed) and self._key == other._key
+        return isinstance(other, Hashed) and self._key == other._key
 
 
 # ----------------------------------------------------------------------------------------
@@ -153,6 +193,7 @@ class RegistryEntry(NamedTuple):
 
 
 REGISTRY: dict[str, RegistryEntry] = {}
+"""Every registered method by name (``slamjax.make_algorithm(name, problem, graph)``)."""
 
 
 def register(name: str, build: Callable, default_params: Callable, description: str = ""):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Hashable
 
 import jax
 
-__all__ = ["MemoryMapWarning", "ProgramCache", "clear_caches", "memory_maps",
+__all__ = ["MemoryMapWarning", "LRUCache", "ProgramCache", "clear_caches", "memory_maps",
            "check_memory_maps"]
 
 
@@ -34,40 +34,59 @@ class MemoryMapWarning(RuntimeWarning):
     the next compiles may fail or crash."""
 
 
-_CACHES: list["ProgramCache"] = []
+_CACHES: list["LRUCache"] = []
 
 
-class ProgramCache:
-    """A bounded least-recently-used map from a key to a compiled program.
-
-    ``compiles`` counts every build (a program evicted and needed again counts twice), so it
-    can tell whether new numbers caused a recompilation."""
+class LRUCache:
+    """A bounded least-recently-used map from a key to a value built on a miss; every
+    instance is emptied by :func:`clear_caches`. ``builds`` counts the misses."""
 
     def __init__(self, maxsize: int = 32):
         if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
             raise ValueError(f"maxsize must be a positive int, got {maxsize!r}")
         self.maxsize = maxsize
-        self.compiles = 0
-        self._programs: collections.OrderedDict = collections.OrderedDict()
+        self.builds = 0
+        self._items: collections.OrderedDict = collections.OrderedDict()
         _CACHES.append(self)
 
+    def _before_build(self) -> None:
+        """Hook run before each build (a compile for :class:`ProgramCache`)."""
+
     def get(self, key: Hashable, build: Callable[[], Any]):
-        if key in self._programs:
-            self._programs.move_to_end(key)
-            return self._programs[key]
-        check_memory_maps()
-        program = build()
-        self.compiles += 1
-        self._programs[key] = program
-        while len(self._programs) > self.maxsize:
-            self._programs.popitem(last=False)
-        return program
+        """The value for ``key``: the cached one (now the most recently used), or
+        ``build()`` on a miss, stored and counted in ``builds`` (the oldest entry is evicted
+        when the cache is full)."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        self._before_build()
+        value = build()
+        self.builds += 1
+        self._items[key] = value
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+        return value
 
     def clear(self) -> None:
-        self._programs.clear()
+        """Drop every entry (``builds`` keeps counting)."""
+        self._items.clear()
 
     def __len__(self) -> int:
-        return len(self._programs)
+        return len(self._items)
+
+
+class ProgramCache(LRUCache):
+    """A bounded LRU of compiled programs. ``compiles`` counts every build (a program evicted
+    and needed again counts twice), so it can tell whether new numbers caused a recompile;
+    the memory-map check runs before each compile."""
+
+    @property
+    def compiles(self) -> int:
+        """Number of programs compiled so far (every miss, evicted programs included)."""
+        return self.builds
+
+    def _before_build(self) -> None:
+        check_memory_maps()
 
 
 def clear_caches() -> None:

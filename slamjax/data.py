@@ -36,6 +36,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from slamjax.caches import LRUCache
+
 __all__ = [
     "DATASETS",
     "KNOWN_MD5",
@@ -48,25 +50,24 @@ __all__ = [
     "verify_file",
 ]
 
-#: Supported dataset names.
 DATASETS = ("mnist", "fashion_mnist")
+"""Supported dataset names."""
 
-#: Environment variable naming a data directory.
 ENV_VAR = "SLAMJAX_DATA"
+"""Environment variable naming a data directory."""
 
 _REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 _DEBIAN_FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
-#: Sub-folder names accepted under a data directory, per dataset.
 _SUBDIRS = {"mnist": ("mnist",), "fashion_mnist": ("fashion_mnist", "fashion-mnist")}
+"""Sub-folder names accepted under a data directory, per dataset."""
 
-#: IDX file stems per split: (images, labels).
 _SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+"""IDX file stems per split: (images, labels)."""
 
-#: Canonical md5s per dataset and file stem: (md5 of the .gz, md5 of the IDX).
 KNOWN_MD5 = {
     "mnist": {
         "train-images-idx3-ubyte": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
@@ -81,6 +82,7 @@ KNOWN_MD5 = {
         "t10k-labels-idx1-ubyte": ("bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
     },
 }
+"""Canonical md5s per dataset and file stem: (md5 of the .gz, md5 of the IDX)."""
 
 _WHERE_TO_GET = {
     "mnist": (
@@ -103,8 +105,9 @@ _WHERE_TO_GET = {
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
 
-#: (resolved path, size, mtime_ns, inode) -> {"file": md5, "idx": md5 or None}.
-_DIGEST_CACHE: dict[tuple, dict[str, str | None]] = {}
+_DIGEST_CACHE = LRUCache(maxsize=64)
+"""(resolved path, size, mtime_ns, inode) -> {"file": md5, "idx": md5 or None} (bounded;
+emptied by :func:`slamjax.clear_caches`)."""
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -207,7 +210,7 @@ def verify_file(
         expected = (expected,) if isinstance(expected, str) else tuple(expected)
         wanted = " or ".join(expected)
     key = _cache_key(path)
-    digests = _DIGEST_CACHE.setdefault(key, {"file": None, "idx": None})
+    digests = _DIGEST_CACHE.get(key, lambda: {"file": None, "idx": None})
     if digests["file"] is None:
         blob = _blob if _blob is not None else path.read_bytes()
         digests["file"] = hashlib.md5(blob).hexdigest()

@@ -4,110 +4,26 @@ One Python process per host (or per accelerator) runs the *same* program; JAX's 
 service connects them and XLA's collectives (on CPU: gloo over TCP) carry the agent coupling.
 The agent axis is split over a global 1-D mesh of every process's devices (ordered by process,
 so each process owns one contiguous block of agents); the communication object is the
-:class:`slamjax.sharding.PartitionedGraph` of the single-process multi-device runs — ring/torus
-halo exchange by ``lax.ppermute``, partitioned edges by one ``lax.all_to_all`` — so any
-:class:`~slamjax.Algorithm` (SLAM, a peer from :mod:`slamjax.baselines`) runs unchanged, and
-``slamjax.solve`` / ``jax.grad`` through it work on the global arrays.
-
-Python API::
+:class:`slamjax.sharding.PartitionedGraph` of the single-process multi-device runs (ring/torus
+halo exchange by ``lax.ppermute``, partitioned edges by one ``lax.all_to_all``), so any
+:class:`~slamjax.Algorithm` runs unchanged through the driver with :func:`placement`::
 
     from slamjax import distributed as dist
-    info = dist.initialize()                      # before any other JAX call; env or arguments
+    dist.initialize()                              # before any other JAX call; env or arguments
     mesh = dist.global_mesh()                      # all processes' devices, axis "agents"
     pg = sharding.partition_graph(graph, mesh)     # every process builds the same graph
     x0, y0, data = dist.from_local(mesh, n, x0_rows, y0_rows, data_rows)   # only my agents
-    state = dist.solve(slamjax.slam(problem, pg, cfg), params, data, x0, y0, key, T, mesh=mesh)
+    state = slamjax.solve(slamjax.slam(problem, pg, cfg), params, data, x0, y0, key, T,
+                          placement=dist.placement(mesh))
     x = dist.gather(state.x)                       # full NumPy array on every process
-    if dist.is_main(): write(...)                  # process 0 writes, prints progress
 
-* :func:`initialize` — ``jax.distributed.initialize`` from arguments or the environment
-  (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; with none of them set,
-  JAX's own cluster detection: SLURM, Open MPI, Kubernetes, Cloud TPU), CPU collectives set to
-  gloo, and clear errors (below).
-* :func:`global_mesh`, :func:`process_rows` (this process's agent rows), :func:`local_rows`
-  (slice a full host tree to them), :func:`from_local` (global arrays from each process's rows
-  only: ``jax.make_array_from_process_local_data``), :func:`solve`, :func:`gather`
-  (``multihost_utils.process_allgather``), :func:`check_consistent` (every process got the
-  same configuration), :func:`collective_bytes` (bytes moved per call, read from the compiled
-  HLO) and :func:`predicted_bytes` (the formula below).
-* ``slamjax run --distributed`` (see :mod:`slamjax.cli`) is the same thing as a command.
-
-Launching on a cluster
-----------------------
-Start one process per host (CPU, or one process driving all GPUs of a host) or one per
-accelerator (then restrict each process to its device, ``JAX_LOCAL_DEVICE_IDS``/
-``CUDA_VISIBLE_DEVICES``). Every process gets the same command and arguments, plus::
-
-    JAX_COORDINATOR_ADDRESS=host0:12355   # process 0's host; the port must be open to all
-    JAX_NUM_PROCESSES=64                  # how many processes in total
-    JAX_PROCESS_ID=k                      # 0 .. 64-1, distinct (0 runs the coordinator)
-    slamjax run --distributed --graph torus --n 99680256 ...   # 9984², rows % 64 == 0
-
-(or ``--coordinator``, ``--num-processes``, ``--process-id``). Under SLURM
-(``srun --ntasks-per-node=1 slamjax run --distributed ...``) or ``mpirun`` the three may be left
-out: JAX reads them from the scheduler. On CPU nodes, ``XLA_FLAGS=
---xla_force_host_platform_device_count=c`` gives a process c devices (c agent blocks); one
-device already runs its block on XLA's intra-op threads. Which is faster depends on the host:
-on this 2-core machine at n = 2²⁰, 4 devices in one process ran the ring 1.2× and the small
-world 0.8× as fast as one device (``experiments/bench_distributed.py``).
-
-Errors (never a silent hang): a coordinator that cannot be reached within ``timeout`` seconds
-is a :class:`CoordinatorUnreachable` exception (the port is probed before JAX connects);
-processes that do not all join within ``timeout`` (too few started, or a wrong process count)
-end every waiting process with exit code :data:`EXIT_JOIN_TIMEOUT` and a message naming the
-expected count (JAX itself would abort the process from C++ with a bare DEADLINE_EXCEEDED, so
-a watchdog exits first); a process id outside ``0..N-1``, or a count that disagrees with the
-coordinator's (``jax.process_count()``), is a ``ValueError``; processes given different
-problem settings are a ``ValueError`` from :func:`check_consistent`. ``n`` not divisible by
-the global device count (torus: rows) is **refused** (``ValueError``), not padded: padded
-phantom agents would change the graph (a ring with extra nodes is another ring), its λ_max, the
-consensus metrics and the random streams, so the result would no longer be the requested
-simulation; choose n a multiple of the device count (or fewer devices).
-
-What moves between processes per step
--------------------------------------
-Only the agent coupling: every per-agent computation (gradients, the eq.-(23) solve, the
-primal and dual updates) is local. SLAM exchanges x⁺ and y⁺ once per step (the product L·v⁺ of
-a dual update is reused by the next primal update), i.e. d = d_x + m·d_y numbers per agent
-(SLAM-U: d_x, SLAM-L: m·d_y); a gossip peer mixes each gossiped leaf once (D-SOBA: x, y, z).
-With D devices in P processes (each process a contiguous block of agents), b bytes per number
-(4 in float32) and d the numbers per agent of all leaves exchanged in a step:
-
-* ring, halo exchange: each device sends its two boundary rows to its two neighbours:
-  ``2·D·d·b`` bytes per step in total, of which ``2·P·d·b`` cross process boundaries
-  (P ≥ 2) — independent of n;
-* torus (rows × cols, split by rows): a boundary row is ``cols`` agents: ``2·D·cols·d·b``,
-  of which ``2·P·cols·d·b`` between processes;
-* partitioned edges (any sparse graph): device k needs the rows h_kj of device j's agents that
-  have an edge into k's block; h_kj ≤ the number of edges cut between the two blocks, so the
-  useful payload is ``Σ_{k≠j} h_kj·d·b ≤ 2·c·d·b`` for c cut (undirected) edges, and the
-  all-to-all pads every pair to the largest halo M: ``D·(D−1)·M·d·b`` bytes moved per step
-  (between processes: the pairs (k, j) in different processes).
-* Logging metrics (every ``log_every`` steps, not per step) runs the edge-wise disagreement on
-  the global edge list with the partitioner's own collectives (it may gather the state);
-  the final :func:`gather` moves the state once. Neither is part of a step.
-
-Paper estimate, n = 10⁸ agents on a 2-D torus over 64 hosts, one process per host. The torus
-is split by rows, so its row count must be a multiple of 64: take 9984 × 9984 (= 0.997·10⁸,
-the square torus ``--graph torus --n 99680256`` builds; 156 rows per host). d_x = 10, m = 2,
-d_y = 10 (d = 30 numbers per agent per step), float32.
-
-* per host and step: 2 boundary rows × 9984 agents × 30 × 4 B = 2.40 MB sent (and as much
-  received), whatever n is; all hosts together 153 MB per step. On 10 Gb/s links
-  (1.25 GB/s each way) ≈ 1.9 ms per step, on 25 Gb/s ≈ 0.8 ms; plus the collectives'
-  latency (4 ppermutes per step; gloo over loopback measured ≈ 4 ms each on this loaded
-  2-core machine, against 0.13 ms for the same ppermute between devices of one process;
-  not measured on a real network);
-* compute it sits next to: 1.56·10⁶ agents per host at the 3.9–4.7·10⁵ agent-steps/s measured
-  for this problem on this 2-core CPU (``experiments/bench_distributed.py``, n = 2²⁰, load ≈ 10)
-  is ≈ 3.3–4.0 s per step on a 2-core host, ≈ 0.2–0.3 s on a 32-core one if the per-agent work
-  scales with cores (an extrapolation): communication is ≲ 1–10 % of a step, i.e. the run is
-  compute-bound;
-* memory: the SLAM state (x, y, their duals and Laplacian caches: 3·(10 + 20) = 90 floats)
-  plus the agents' data (b, p, t: 50 floats) is 560 B per agent: 56 GB in total, 0.9 GB per
-  host (plus the step's temporaries: the CG vectors of the eq.-(23) solve);
-* splitting the torus into an 8 × 8 grid of blocks instead of row bands would cut the halo to
-  4 sides × 1248 agents (4992 instead of 19968 agents per host) — not implemented (rows only).
+:func:`initialize` joins from arguments or ``$JAX_COORDINATOR_ADDRESS``,
+``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID`` (or JAX's cluster detection: SLURM, Open MPI,
+Kubernetes, Cloud TPU) with bounded, clear start-up errors; :func:`collective_bytes` reads the
+bytes a compiled step moves from its HLO and :func:`predicted_bytes` gives the formula.
+``slamjax run --distributed`` is the same as a command. How to launch on a cluster, the
+start-up errors and the communication volume per step (with a 10⁸-agent estimate) are in
+``docs/distributed.md``.
 """
 
 from __future__ import annotations
@@ -127,19 +43,23 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from slamjax import sharding
+from slamjax.placement import Sharded, check_divisible
 from slamjax.sharding import AXIS
 
 __all__ = ["ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "EXIT_JOIN_TIMEOUT",
            "CoordinatorUnreachable", "Launch", "resolve", "initialize", "is_main",
            "global_mesh", "process_rows", "check_divisible", "local_rows", "from_local",
-           "solve", "compile_solve", "run", "gather", "check_consistent", "collective_bytes",
-           "step_hlo", "predicted_bytes", "print0", "cli_run"]
+           "placement", "compile_solve", "gather", "check_consistent", "collective_bytes",
+           "step_hlo", "predicted_bytes", "print0"]
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+"""Environment variable with process 0's ``host:port``."""
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+"""Environment variable with the number of processes."""
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
-#: exit code of a process whose peers did not all join within the timeout
+"""Environment variable with this process's id (0 … N−1)."""
 EXIT_JOIN_TIMEOUT = 75
+"""Exit code of a process whose peers did not all join within the timeout."""
 
 
 class CoordinatorUnreachable(TimeoutError):
@@ -327,27 +247,6 @@ def global_mesh(devices=None) -> Mesh:
     return sharding.agent_mesh(devices=devs)
 
 
-def check_divisible(n: int, mesh: Mesh, graph=None) -> None:
-    """Refuse (``ValueError``) an ``n`` that the mesh cannot split evenly (torus: its rows);
-    see the module docstring for why this is refused rather than padded."""
-    D = int(mesh.shape[AXIS])
-    rows = graph.shape[0] if graph is not None and graph.kind == "torus" and graph.shape \
-        else None
-    if n % D or (rows is not None and rows % D):
-        what = f"a torus with {rows} rows" if rows is not None and rows % D else f"n={n} agents"
-        lo, hi = (n // D) * D, -(-n // D) * D
-        raise ValueError(
-            f"{what} cannot be split evenly over the {D} devices of {_nproc(mesh)} "
-            f"process(es): refused (not padded — phantom agents would change the graph, its "
-            f"λ_max and the metrics). Use a multiple of {D}"
-            + (f", e.g. n={hi}" + (f" or n={lo}" if lo else "") if rows is None else
-               f" rows") + ", or another device count.")
-
-
-def _nproc(mesh: Mesh) -> int:
-    return len({d.process_index for d in mesh.devices.flat})
-
-
 def process_rows(n: int, mesh: Mesh) -> slice:
     """The contiguous agent rows ``start:stop`` that this process's devices own."""
     check_divisible(n, mesh)
@@ -402,88 +301,20 @@ def from_local(mesh: Mesh, n: int, *trees):
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def solve(algorithm, params, data, x0, y0, key, num_steps: int, mesh: Mesh | None = None,
-          checkpoint_every: int | None = None):
-    """:func:`slamjax.sharding.solve` on the global mesh: inputs are global arrays
-    (:func:`from_local`) or host values every process holds in full; returns the final
-    state as global arrays (use :func:`gather` for NumPy). Every process must call it."""
-    compiled, args = compile_solve(algorithm, params, data, x0, y0, key, num_steps, mesh=mesh,
-                                   checkpoint_every=checkpoint_every)
-    return compiled(*args)
+def placement(mesh: Mesh | None = None) -> Sharded:
+    """The driver's placement over the global mesh (every process's devices): pass it to
+    :func:`slamjax.run` / :func:`slamjax.solve` (every process must make the same call)."""
+    return Sharded(global_mesh() if mesh is None else mesh)
 
 
 def compile_solve(algorithm, params, data, x0, y0, key, num_steps: int,
                   mesh: Mesh | None = None, checkpoint_every: int | None = None):
-    """(compiled program, placed arguments) of :func:`solve`: ``compiled(*args)`` runs it,
-    ``compiled.as_text()`` is its HLO (one step's collectives sit once in the scan body)."""
-    mesh = global_mesh() if mesh is None else mesh
-    check_divisible(jax.tree.leaves(x0)[0].shape[0], mesh)
-    args, statics = sharding.prepare_solve(algorithm, params, data, x0, y0, key, num_steps,
-                                           mesh=mesh, checkpoint_every=checkpoint_every)
-    return sharding._jit_iterate.lower(*args, **statics).compile(), args
-
-
-def run(algorithm, params, data, x0, y0, *, num_steps: int, log_every: int, seed: int = 0,
-        mesh: Mesh | None = None, progress: bool = True, desc: str = "run"):
-    """:func:`slamjax.run` for one run on the global mesh: the same compiled chunk program
-    (metrics every ``log_every`` steps, step t with ``fold_in(key(seed), t)``, a diverged run
-    kept at its last finite state), so the numbers equal a single-process ``slamjax.run``.
-    Progress is shown by process 0 only. Returns a :class:`slamjax.RunResult` whose ``state``
-    is global (:func:`gather` it); the history is the same on every process."""
-    import warnings
-
-    import jax.numpy as jnp
-
-    from slamjax.algorithm import split_static
-    from slamjax.run import RunResult, _chunk, _eval, _history, drive
-
-    mesh = global_mesh() if mesh is None else mesh
-    num_steps, log_every = int(num_steps), int(log_every)
-    if num_steps < 1 or log_every < 1 or num_steps % log_every:
-        raise ValueError(f"log_every={log_every} must be ≥ 1 and divide num_steps={num_steps}")
-    n = jax.tree.leaves(x0)[0].shape[0]
-    check_divisible(n, mesh)
-    params = type(params)(*(jnp.asarray(np.asarray(p)) for p in params))
-    data, x0, y0 = sharding.shard_problem_inputs(mesh, data=data, x0=x0, y0=y0, n=n)
-    state = algorithm.init(x0, y0, data)
-    if algorithm.check is not None:
-        algorithm.check(params, state, data)
-    state = sharding.shard_tree(state, mesh, n)
-    params = sharding.replicate(params, mesh)
-    key = sharding.place(jax.random.key(int(seed)), NamedSharding(mesh, P()))
-    rep = NamedSharding(mesh, P())
-    carry = tuple(sharding.place(v, rep) for v in (np.int32(0), np.bool_(True), np.int32(-1)))
-    carry = (state,) + carry
-    dyn, static = split_static(algorithm)
-    kw = dict(static=static, log_every=log_every, batch=(False, False))
-    t0 = time.perf_counter()
-    prog = _chunk.lower(dyn, params, data, carry, key, nlogs=1, **kw).compile()
-    first = jax.device_get(_eval(dyn, data, state, static=static, batch=(False, False)))
-    compile_time = time.perf_counter() - t0
-    logs = [{k: np.asarray(v, dtype=float)[..., None] for k, v in first.items()}]
-
-    def on_chunk(c, mets, done):
-        logs.append({k: np.asarray(v) for k, v in mets.items()})
-        return True if not bool(np.asarray(c[2])) else None
-
-    carry, _, run_time = drive(lambda _, c: prog(dyn, params, data, c, key), carry,
-                               [1] * (num_steps // log_every), desc=desc,
-                               progress=progress and is_main(), per_unit=log_every,
-                               on_chunk=on_chunk)
-    state, _, alive, div = carry
-    history = _history(logs, counters_from=first)
-    steps = np.arange(len(logs)) * log_every
-    diverged = None if bool(np.asarray(alive)) else int(np.asarray(div))
-    if diverged is not None:
-        keep = diverged // log_every
-        history = {k: v[..., :keep] for k, v in history.items()}
-        steps = steps[:keep]
-        if is_main():
-            warnings.warn(f"{desc}: non-finite values by step {diverged}; stopped at the last "
-                          f"finite state", RuntimeWarning, stacklevel=2)
-    return RunResult(state=state, history=history, steps=steps, compile_time=compile_time,
-                     run_time=run_time, num_steps=diverged if diverged is not None
-                     else int(steps[-1]), diverged_at=diverged)
+    """(compiled program, placed arguments) of ``slamjax.solve(..., placement=placement(mesh))``:
+    ``compiled(*args)`` runs it, ``compiled.as_text()`` is its HLO (one step's collectives sit
+    once in the scan body)."""
+    prog, args, statics = placement(mesh).prepare_solve(
+        algorithm, params, data, x0, y0, key, num_steps, checkpoint_every=checkpoint_every)
+    return prog.lower(*args, **statics).compile(), args
 
 
 def gather(tree):
@@ -614,94 +445,3 @@ def predicted_bytes(pg, numbers_per_agent: int, itemsize: int = 4) -> dict:
                 "inter_process": sum(M * row for k, j in off if proc[k] != proc[j]),
                 "useful": int(sum(h[k][j] for k, j in off)) * row}
     raise ValueError(f"predicted_bytes: no formula for scheme {pg.scheme!r} (GSPMD collectives)")
-
-
-# ----------------------------------------------------------------------------------------
-# the command: slamjax run --distributed
-# ----------------------------------------------------------------------------------------
-def cli_run(args) -> int:
-    """``slamjax run --distributed``: the quadratic problem of ``slamjax run`` with the agents
-    split over every process's devices. Every process builds the same problem from the seed
-    and feeds its own agents' rows; process 0 prints the progress and the table and writes
-    ``<out>/<name>.json`` (+ .png) once."""
-    launch = initialize(args.coordinator, args.num_processes, args.process_id,
-                        timeout=args.dist_timeout)
-    if args.x64:
-        jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-
-    import slamjax as sj
-    from slamjax.problems.quadratic import make_quadratic
-    from slamjax.run import write_text
-
-    mesh = global_mesh()
-    variants = list(sj.VARIANTS) if args.variant == "all" else [args.variant]
-    solver = sj.make_solver(args.solver, **({"maxiter": args.cg_iters} if args.solver == "cg"
-                                            else {"K": args.neumann_k, "eta": args.neumann_eta}
-                                            if args.solver == "neumann" else {}))
-    configs = [sj.SLAMConfig(variant=v, solver=solver) for v in variants]
-    extra = {"p": args.er_p} if (args.er_p is not None and args.graph.startswith("er")) else {}
-    graph = sj.make_graph(args.graph, args.n, seed=args.seed, mixing=args.mixing, **extra)
-    check_divisible(args.n, mesh, graph)
-    skip = ("process_id", "coordinator", "no_progress")
-    check_consistent({k: v for k, v in vars(args).items() if k not in skip}
-                     | {"num_processes": jax.process_count()})
-    dtype = jnp.float64 if args.x64 else jnp.float32
-    problem, data, x0, y0 = make_quadratic(
-        args.n, args.dx, args.dy, args.m, seed=args.seed, noise=args.noise, dtype=dtype,
-        homogeneous=not args.heterogeneous_hessian)
-    x0, y0, data = from_local(mesh, args.n, *local_rows((x0, y0, data), args.n, mesh))
-    pg = sharding.partition_graph(graph, mesh)
-    params = sj.SLAMParams.create(args.alpha, args.beta, args.rho, args.gamma)
-    procs = jax.process_count()
-    print0(f"slamjax run --distributed: {procs} process(es), {mesh.size} devices "
-           f"({jax.local_device_count()} here), coordinator {launch.coordinator}; {pg!r}; "
-           f"quadratic d_x={args.dx}, d_y={args.dy}, m={args.m}, noise σ={args.noise}; "
-           f"T={args.steps}; {args.n // mesh.size} agents per device")
-    results, xbar = {}, {}
-    for cfg in configs:
-        res = run(sj.slam(problem, pg, cfg), params, data, x0, y0, num_steps=args.steps,
-                  log_every=args.log_every, seed=args.seed, mesh=mesh,
-                  progress=not args.no_progress, desc=cfg.variant)
-        results[cfg.variant] = res
-        xbar[cfg.variant] = gather(res.state.x).mean(axis=0).tolist()  # all processes join
-    per_agent = {"slam": args.dx + args.m * args.dy, "slam_l": args.m * args.dy,
-                 "slam_u": args.dx}
-    comm = {v: predicted_bytes(pg, per_agent[v], 8 if args.x64 else 4)
-            for v in results} if pg.scheme in ("halo", "edges") else {}
-    if not is_main():
-        return 1 if any(r.diverged_at is not None for r in results.values()) else 0
-    names = ("grad_F_sq", "consensus_x", "consensus_y", "ll_error")
-    head = f"{'variant':8s} {'step':>6s} " + " ".join(f"{m:>12s}" for m in names) + \
-        f" {'agent-steps/s':>14s} {'compile s':>9s}"
-    print(f"\nfinal metrics (T={args.steps})\n{head}\n" + "-" * len(head))
-    for v, res in results.items():
-        fin = res.final()
-        print(f"{v:8s} {int(res.steps[-1]):6d} " + " ".join(f"{fin[m]:12.3e}" for m in names)
-              + f" {res.steps_per_sec * args.n:14.3e} {res.compile_time:9.2f}"
-              + (f"  DIVERGED by step {res.diverged_at}" if res.diverged_at is not None
-                 else ""))
-    from pathlib import Path
-
-    out = Path(args.out)
-    meta = {"command": "slamjax " + " ".join(sys.argv[1:]),
-            "config": {k: v for k, v in vars(args).items() if k != "process_id"},
-            "distributed": {"processes": procs, "devices": mesh.size,
-                            "scheme": pg.scheme, "bytes_per_step": comm},
-            "graph": {"kind": graph.kind, "n": graph.n, "edges": graph.num_edges,
-                      "lam_max": graph.lam_max},
-            "backend": jax.default_backend(), "jax_version": jax.__version__}
-    payload = {**meta, "variants": {v: {**r.to_dict(), "x_mean": xbar[v]}
-                                    for v, r in results.items()}}
-    path = write_text(out / f"{args.name}.json", json.dumps(payload, indent=1, default=str))
-    print(f"\nwrote {path}", end="")
-    if not args.no_plot:
-        from slamjax.plotting import plot_theorem1
-
-        png = plot_theorem1({v: (r.steps, r.history) for v, r in results.items()},
-                            out / f"{args.name}.png",
-                            title=f"{graph.kind} graph, n={graph.n}, T={args.steps}, "
-                                  f"{procs} processes")
-        print(f" and {png}", end="")
-    print(flush=True)
-    return 1 if any(r.diverged_at is not None for r in results.values()) else 0

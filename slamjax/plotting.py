@@ -17,9 +17,8 @@ VARIANT_LABELS = {"slam": "SLAM (Alg. 1)", "slam_l": "SLAM-L (Alg. 2)",
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # no backend is forced: matplotlib picks Agg by itself without a display, and a notebook
+    # keeps its inline backend
     import matplotlib.pyplot as plt
 
     return plt

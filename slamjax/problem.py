@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["BilevelProblem", "ProblemData", "agent_count", "check_agent_axis", "check_finite",
-           "check_precision"]
+__all__ = ["BilevelProblem", "ProblemData", "DATA_AXES", "agent_count", "agent_slice",
+           "check_agent_axis", "check_finite", "check_precision", "per_agent"]
 
 
 class ProblemData(NamedTuple):
@@ -48,8 +48,8 @@ class ProblemData(NamedTuple):
     agents: Any = None
 
 
-# vmap axes of ProblemData: shared unbatched, agents batched along axis 0.
 DATA_AXES = ProblemData(shared=None, agents=0)
+"""``vmap`` axes of :class:`ProblemData`: shared unbatched, agents batched along axis 0."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -66,10 +66,12 @@ class BilevelProblem:
     name: str = "problem"
 
     def sample_batch(self, key, data: ProblemData):
+        """One agent's minibatch (``None`` for an exact oracle)."""
         return None if self.sample is None else self.sample(key, data)
 
 
 def agent_count(tree) -> int:
+    """The leading (agent) axis of the first leaf of ``tree`` (−1 for a scalar leaf)."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
         raise ValueError("empty pytree: x and y need at least one array leaf")
@@ -118,7 +120,7 @@ def _is_concrete(leaf) -> bool:
 
 def check_finite(name: str, tree) -> None:
     """Every floating leaf of ``tree`` is free of NaN/Inf (only concrete leaves are checked:
-    under ``jit``/``grad`` tracing use :func:`slamjax.run.checked`). Checked on the host with
+    under ``jit``/``grad`` tracing use :func:`slamjax.checked`). Checked on the host with
     NumPy, so nothing is compiled."""
     flat = [(p, leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
             if _is_concrete(leaf) and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
@@ -136,121 +138,16 @@ def check_finite(name: str, tree) -> None:
             "source of the data)")
 
 
-def _agent_slice(tree):
-    """One agent's shapes (abstract: nothing is sliced or computed)."""
+def agent_slice(tree):
+    """One agent's shapes of an agent-first tree (abstract: nothing is sliced or computed)."""
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)),
                         tree)
 
 
-def _shapes(tree) -> str:
-    shapes = [tuple(jnp.shape(a)) for a in jax.tree.leaves(tree)]
-    return str(shapes[0]) if len(shapes) == 1 else str(shapes)
-
-
-def _probe(problem, key, x, y, data):
-    """The exception ``f`` or ``g`` raises when traced at (x, y) (abstractly), or ``None``."""
-    def both(k, xx, yy, dd):
-        batch = problem.sample_batch(k, dd)
-        return problem.f(xx, yy, dd, batch), problem.g(xx, yy, dd, batch)
-
-    try:
-        fv, gv = jax.eval_shape(both, key, x, y, data)
-    except Exception as e:  # noqa: BLE001 — the problem's own error, reported with context
-        return e
-    for name, v in (("f", fv), ("g", gv)):
-        if jnp.shape(v) != ():
-            return ValueError(f"the problem's {name}(x, y, data, batch) must return a scalar "
-                              f"(one agent's loss), got shape {tuple(jnp.shape(v))}")
-    return None
-
-
-def _candidate_shapes(*trees) -> list:
-    """Per-agent shapes worth trying for a variable: the shapes of the data's leaves and
-    their trailing parts (a guess used only to *suggest* a shape after a failure)."""
-    out = []
-    for leaf in jax.tree.leaves(trees):
-        shape = tuple(jnp.shape(leaf))
-        for k in range(len(shape)):
-            if shape[k:] not in out:
-                out.append(shape[k:])
-    return out
-
-
-def probe_problem(problem: BilevelProblem, x, y, data: ProblemData, key) -> None:
-    """Trace ``f`` and ``g`` (and ``sample``) once at agent 0's slices of ``x``, ``y``,
-    ``data`` (abstractly, ``jax.eval_shape``: nothing is compiled or computed) so that a y0 or
-    x0 of the wrong per-agent shape is reported by name instead of failing inside the
-    problem's functions, deep in a compiled step. On failure, shapes taken from the data are
-    tried for y0 (then x0) to suggest the one f and g accept."""
-    xi, yi = _agent_slice(x), _agent_slice(y)
-    di = ProblemData(shared=data.shared, agents=None if data.agents is None
-                     else _agent_slice(data.agents))
-    err = _probe(problem, key, xi, yi, di)
-    if err is None:
-        return
-    n = jnp.shape(jax.tree.leaves(x)[0])[0]
-    hint = ("pass x0, y0 with the per-agent shapes its f and g are written for (e.g. the x0, "
-            "y0 returned by the problem's constructor, such as make_quadratic(...)[2:])")
-    for name, var, other in (("y0", yi, xi), ("x0", xi, yi)):
-        leaves = jax.tree.leaves(var)
-        if len(leaves) != 1:
-            continue
-        dt = jnp.result_type(leaves[0])
-        for shape in _candidate_shapes(di):
-            if shape == tuple(jnp.shape(leaves[0])):
-                continue
-            cand = jax.ShapeDtypeStruct(shape, dt)
-            args = (cand, other) if name == "x0" else (other, cand)
-            if _probe(problem, key, *args, di) is None:
-                hint = (f"f and g evaluate with a per-agent {name} of shape {shape}: pass "
-                        f"{name} of shape {(n,) + shape} (agent axis first)")
-                break
-        else:
-            continue
-        break
-    msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    raise ValueError(
-        f"the problem {problem.name!r} cannot evaluate f and g at agent 0 with x0[0] of shape "
-        f"{_shapes(xi)} and y0[0] of shape {_shapes(yi)} (per-agent shapes: the agent axis "
-        f"is dropped): {type(err).__name__}: {msg} — {hint}") from err
-
-
-def ll_min_curvature(problem: BilevelProblem, x, y, data: ProblemData, batch, iters: int):
-    """Smallest curvature pᵀHp / pᵀp that conjugate gradients meets on H = ∇²_yy g(x, y)
-    (one agent) in ``iters`` iterations from a fixed dense right-hand side (stopping at
-    breakdown). CG's directions are H-conjugate, so by Sylvester's law of inertia H is
-    positive definite on their span iff every pᵀHp > 0: with ``iters`` ≥ dim(y) the test is
-    exact, with fewer it covers the Krylov subspace it explored. Uses the problem's
-    ``hvp_yy`` when it has one. Pure, vmappable; returns (min curvature, max curvature)."""
-    from jax.flatten_util import ravel_pytree
-
-    from slamjax.hypergrad import hvp_yy
-
-    y_flat, unravel = ravel_pytree(y)
-
-    def mv(v):
-        return ravel_pytree(hvp_yy(problem, x, y, data, batch, unravel(v)))[0]
-
-    # a fixed, dense start vector with no structure (no PRNG: threefry costs compile time)
-    b = jnp.sin(1.0 + jnp.arange(y_flat.size, dtype=y_flat.dtype) * 2.3993)
-    rs0 = b @ b
-    tiny = jnp.finfo(y_flat.dtype).tiny
-    inf = jnp.asarray(jnp.inf, y_flat.dtype)
-
-    def body(_, c):
-        r, p, rs, lo, hi, done = c
-        hp = mv(p)
-        php, pp = p @ hp, p @ p
-        q = php / jnp.maximum(pp, tiny)
-        lo = jnp.where(done, lo, jnp.minimum(lo, q))
-        hi = jnp.where(done, hi, jnp.maximum(hi, q))
-        alpha = rs / jnp.where(php > 0, php, 1.0)
-        r2 = r - alpha * hp
-        rs2 = r2 @ r2
-        p2 = r2 + (rs2 / jnp.maximum(rs, tiny)) * p
-        done = done | (php <= 0) | (rs2 <= 1e-12 * rs0)
-        return r2, p2, rs2, lo, hi, done
-
-    c = (b, b, rs0, inf, -inf, jnp.asarray(False))
-    _, _, _, lo, hi, _ = jax.lax.fori_loop(0, int(iters), body, c)
-    return lo, hi
+def per_agent(fn: Callable, x, y, data: ProblemData, batch=None):
+    """``fn(x_i, y_i, data_i, batch_i)`` for every agent i, stacked (``jax.vmap`` with
+    ``data.shared`` unbatched and ``data.agents`` / ``batch`` sliced per agent): the way to
+    evaluate a problem's per-agent functions on stacked variables, e.g.
+    ``per_agent(problem.f, state.x, state.y, data)`` gives every agent's f_i."""
+    return jax.vmap(fn, in_axes=(0, 0, DATA_AXES, None if batch is None else 0))(
+        x, y, data, batch)

@@ -21,8 +21,9 @@ coupling between agents is the Laplacian product L·v of eqs. (5a)–(4d); a
 The partitioned graph is a :class:`slamjax.graphs.Graph` — the multi-device implementation of
 the communication object (same n, λ_max, mixing, global edge arrays for the metrics) — so any
 algorithm built on it (``slamjax.slam(problem, pg, config)``, a peer from
-:mod:`slamjax.baselines`) runs sharded through ``slamjax.solve`` and ``slamjax.run`` unchanged;
-:func:`shard_problem_inputs` places the state and data, :func:`solve` does both. Results equal the
+:mod:`slamjax.baselines`) runs sharded through ``slamjax.solve`` and ``slamjax.run`` with
+``placement=slamjax.placement.Sharded(mesh)``; :func:`shard_problem_inputs` places the state
+and data. Results equal the
 single-device run up to float round-off (the test suite checks ≤ 1e-6 relative in float32).
 
 The same code runs on a mesh that spans several processes (:mod:`slamjax.distributed`):
@@ -46,15 +47,14 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from slamjax.graphs import Graph, _leaf_matvec
+from slamjax.comm import Graph, leaf_laplacian
 from slamjax.problem import ProblemData
 
 __all__ = ["AXIS", "PartitionedGraph", "agent_mesh", "partition_graph", "halo_counts", "place",
-           "shard_agents",
-           "replicate", "shard_tree", "shard_problem_inputs", "prepare_solve", "solve"]
+           "shard_agents", "replicate", "shard_tree", "shard_problem_inputs"]
 
-#: name of the mesh axis that carries the agents
 AXIS = "agents"
+"""Name of the mesh axis that carries the agents."""
 
 
 def agent_mesh(num_devices: int | None = None, devices=None) -> Mesh:
@@ -164,7 +164,7 @@ class PartitionedGraph(Graph):
             return jax.shard_map(fn, mesh=self.mesh, in_specs=(P(AXIS),) * 5,
                                  out_specs=P(AXIS))(x, deg, self.send_idx, self.loc_senders,
                                                     self.loc_receivers)
-        return _leaf_matvec(self, x)
+        return leaf_laplacian(self, x)
 
     def mix(self, tree: Any, steps: int = 1) -> Any:
         """W·v as :meth:`Graph.mix`; on an irregular graph with partitioned edges the
@@ -211,7 +211,7 @@ def _torus_local(x, cols):
 
 def _edges_local(x, deg, send_idx, loc_s, loc_r, *, num_devices, weights=False):
     """Local L·x (``deg`` the degrees of this block) or, with ``weights=True``, local W·x
-    (``deg`` then holds this device's edge weights, as :func:`slamjax.graphs._mix_leaf`)."""
+    (``deg`` then holds this device's edge weights, as the sparse gossip of :meth:`slamjax.Graph.mix`)."""
     nl = x.shape[0]
     buf = x[send_idx[0]]                                  # (D·M, ...) rows others need
     recv = lax.all_to_all(buf, AXIS, 0, 0, tiled=True)    # block s = rows from device s
@@ -344,48 +344,3 @@ def shard_problem_inputs(mesh: Mesh, state=None, data: ProblemData | None = None
         if v is not None:
             out.append(shard_agents(v, mesh))
     return out[0] if len(out) == 1 else tuple(out)
-
-
-def solve(algorithm, params, data: ProblemData, x0, y0, key, num_steps: int,
-          mesh: Mesh | None = None, checkpoint_every: int | None = None):
-    """:func:`slamjax.solve` with the agent axis sharded over ``mesh`` (default: all devices).
-
-    Build ``algorithm`` on a partitioned graph (``slam(problem, partition_graph(graph, mesh),
-    config)``, or any peer) so that its agent coupling runs with explicit communication;
-    on a plain graph the partitioner's own collectives are used. Returns the final state,
-    sharded like its inputs."""
-    args, statics = prepare_solve(algorithm, params, data, x0, y0, key, num_steps, mesh,
-                                  checkpoint_every)
-    return _jit_iterate(*args, **statics)
-
-
-def prepare_solve(algorithm, params, data, x0, y0, key, num_steps: int,
-                  mesh: Mesh | None = None, checkpoint_every: int | None = None):
-    """The placed arguments and static options of :func:`solve`'s compiled program:
-    ``_jit_iterate(*args, **statics)`` is the solve (``.lower(*args, **statics)`` gives its
-    HLO)."""
-    from slamjax.algorithm import split_static
-
-    mesh = agent_mesh() if mesh is None else mesh
-    n = jnp.shape(jax.tree.leaves(x0)[0])[0]
-    # inputs placed first, so that init's Laplacian products already run on the mesh (on a
-    # mesh spanning several processes, unplaced arrays could not enter its shard_map)
-    data, x0, y0 = shard_problem_inputs(mesh, data=data, x0=x0, y0=y0, n=n)
-    state = algorithm.init(x0, y0, data)
-    if algorithm.check is not None:
-        algorithm.check(params, state, data)
-    state = shard_problem_inputs(mesh, state=state, n=n)
-    params = replicate(params, mesh)
-    key = replicate(key, mesh)
-    dyn, static = split_static(algorithm)
-    return (dyn, params, data, state, key), dict(static=static, num_steps=int(num_steps),
-                                                  checkpoint_every=checkpoint_every)
-
-
-@partial(jax.jit, static_argnames=("static", "num_steps", "checkpoint_every"))
-def _jit_iterate(dyn, params, data, state, key, *, static, num_steps, checkpoint_every):
-    from slamjax.algorithm import merge_static
-    from slamjax.run import iterate
-
-    return iterate(merge_static(dyn, static), params, data, state, key, num_steps,
-                   checkpoint_every=checkpoint_every)

@@ -32,18 +32,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from slamjax.algorithm import Algorithm, Static, register
+from slamjax.algorithm import Algorithm, Static, from_kernel, params_class_error, register
+from slamjax.consensus import ConsensusHP, PrimalDualState, leaf_mask, primal_dual
 from slamjax.graphs import Graph
-from slamjax.hypergrad import CG, Exact, Neumann, hypergradient, lower_grad
+from slamjax.hypergrad import CG, hypergradient, lower_grad, step_plan
+from slamjax.loop import iterate
 from slamjax.metrics import bilevel_metrics
-from slamjax.problem import DATA_AXES, BilevelProblem, ProblemData, check_agent_axis
+from slamjax.problem import (DATA_AXES, BilevelProblem, ProblemData, agent_slice,
+                             check_agent_axis)
 
 __all__ = ["VARIANTS", "SLAMConfig", "SLAMParams", "SLAMState", "slam", "init", "step",
            "scan_steps", "validate", "stability_bound", "StabilityWarning",
            "primal_dual_update"]
 
-#: variant name -> (consensus on the UL variable x, consensus on the LL variable y)
 VARIANTS = {"slam": (True, True), "slam_l": (False, True), "slam_u": (True, False)}
+"""Variant name -> (consensus on the UL variable x, consensus on the LL variable y)."""
 _ALIASES = {"slam-l": "slam_l", "slaml": "slam_l", "slam-u": "slam_u", "slamu": "slam_u"}
 
 
@@ -52,17 +55,30 @@ class StabilityWarning(UserWarning):
 
 
 class SLAMParams(NamedTuple):
-    """Traced hyperparameters: 1/α and 1/β are the UL and LL step sizes, ρ the penalty and γ
-    the scaling of the augmented Lagrangian (3)."""
+    """Traced hyperparameters of SLAM. **α and β are inverse step sizes**: the UL step is
+    1/α and the LL step 1/β (the paper's notation; the peers' ``lr_x``/``lr_y`` are steps).
+    ρ is the penalty and γ the scaling of the augmented Lagrangian (3). Any field may be a
+    schedule (:mod:`slamjax.schedules`)."""
 
     alpha: Any
     beta: Any
     rho: Any
     gamma: Any = 1.0
+    #: domain of every field, checked eagerly and under :func:`slamjax.checked`
+    DOMAIN = "> 0"
 
     @classmethod
-    def create(cls, alpha, beta, rho, gamma=1.0, dtype=None):
-        return cls(*(jnp.asarray(v, dtype=dtype) for v in (alpha, beta, rho, gamma)))
+    def create(cls, alpha, beta, rho, gamma=1.0, dtype=None) -> "SLAMParams":
+        """SLAMParams from numbers (or schedules).
+
+        Args:
+          alpha: inverse UL step (the UL step is 1/alpha), > 0.
+          beta: inverse LL step (the LL step is 1/beta), > 0.
+          rho: penalty ρ > 0; stable for ρ·λ_max(L)·(1 + 2γ) < 4·min(α, β).
+          gamma: Lagrangian scaling γ > 0 (default 1).
+          dtype: dtype of the arrays (default: float32, float64 with jax_enable_x64).
+        """
+        return cls(*(_number(v, dtype) for v in (alpha, beta, rho, gamma)))
 
 
 class SLAMState(NamedTuple):
@@ -130,9 +146,10 @@ class SLAMConfig:
             raise ValueError(f"unknown SLAM variant {self.variant!r}; choose one of "
                              f"{tuple(VARIANTS)}")
         object.__setattr__(self, "variant", v)
-        if not isinstance(self.solver, (CG, Neumann, Exact)):
-            raise ValueError(f"solver must be CG(...), Neumann(...) or Exact(), got "
-                             f"{self.solver!r} (see slamjax.hypergrad.make_solver)")
+        if not callable(getattr(self.solver, "solve", None)):
+            raise ValueError(f"solver must be a linear solver such as CG(...), Neumann(...) or "
+                             f"Exact() (an object with .solve), got {self.solver!r} (see "
+                             "slamjax.make_solver)")
         if self.agent_block is not None:
             if isinstance(self.agent_block, bool) or int(self.agent_block) < 1:
                 raise ValueError(f"agent_block must be None or an integer ≥ 1, got "
@@ -155,90 +172,43 @@ class SLAMConfig:
                 object.__setattr__(self, name, tuple(bool(b) for b in val))
 
     def masks(self, x, y) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+        """One bool per leaf of x and of y: consensus on that leaf."""
         cx, cy = VARIANTS[self.variant]
-        return (_leaf_mask("consensus_x", self.consensus_x, cx, x),
-                _leaf_mask("consensus_y", self.consensus_y, cy, y))
+        return (leaf_mask("consensus_x", cx if self.consensus_x is None else self.consensus_x, x),
+                leaf_mask("consensus_y", cy if self.consensus_y is None else self.consensus_y, y))
 
     def level_consensus(self, x, y) -> tuple[bool, bool]:
+        """Whether some leaf of x (of y) is in consensus."""
         mx, my = self.masks(x, y)
         return any(mx), any(my)
 
 
-def _leaf_mask(name, override, default, tree) -> tuple[bool, ...]:
-    nleaves = len(jax.tree.leaves(tree))
-    if override is None:
-        return (bool(default),) * nleaves
-    if isinstance(override, bool):
-        return (override,) * nleaves
-    mask = tuple(bool(b) for b in override)
-    if len(mask) != nleaves:
-        raise ValueError(f"{name} has {len(mask)} entries but the variable has {nleaves} "
-                         "leaves (one bool per leaf, in jax.tree.leaves order)")
-    return mask
+def _number(v, dtype):
+    return v if callable(v) else jnp.asarray(v, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------
 def init(x0, y0) -> SLAMState:
     """Initial state without the Laplacian cache: λ¹ = ω¹ = 0 (Algorithm 1). The first step
-    fills the cache; ``slam(...).init`` fills it at once (what the runner uses)."""
+    fills the cache; ``slam(...).init`` fills it at once (what the driver uses)."""
     zeros = lambda t: jax.tree.map(jnp.zeros_like, t)  # noqa: E731
     return SLAMState(x=x0, y=y0, u_x=zeros(x0), u_y=zeros(y0), step=jnp.zeros((), jnp.int32))
 
 
 def primal_dual_update(v, h, u, mask, graph, inv_step, rho, gamma):
-    """One primal step (5a)/(5b) and the dual step (4b)/(4d) for every leaf of a level.
-
-    ``v`` (agent axis first), its gradient estimate ``h`` and dual ``u = Aᵀλ`` are pytrees of
-    the same structure; ``mask`` has one bool per leaf (consensus on/off). Returns (v⁺, u⁺).
-    Public so that algorithms with their own gradient estimators (e.g. actor-critic, where the
-    batch depends on all agents' policies) reuse exactly SLAM's consensus recursion.
-    """
-    if isinstance(mask, bool):
-        mask = (mask,) * len(jax.tree.leaves(v))
-    return _primal_dual(v, h, u, mask, graph, inv_step, rho, gamma)[:2]
-
-
-def _primal_dual(v, h, u, mask, graph, inv_step, rho, gamma, lap=None):
-    """:func:`primal_dual_update` that also takes and returns the Laplacian products.
-
-    ``lap``: L·v of the current iterate, one entry per leaf (``None`` for leaves without
-    consensus, or ``lap=None`` to compute them). Returns (v⁺, u⁺, (L·v⁺ per leaf)): the dual
-    step (4b)/(4d) needs L·v⁺ and the next primal step (5a)/(5b) needs the very same product,
-    so the state carries it instead of computing it twice.
-    """
-    v_l, treedef = jax.tree.flatten(v)
-    h_l, u_l = jax.tree.leaves(h), jax.tree.leaves(u)
-    if lap is None:
-        lap = [None] * len(v_l)
-    new_v, new_u, new_lap = [], [], []
-    for vi, hi, ui, on, lv in zip(v_l, h_l, u_l, mask, lap):
-        c = lambda a: jnp.asarray(a, vi.dtype)  # noqa: E731
-        if on:
-            if lv is None:
-                lv = graph.laplacian(vi)
-            vn = vi - c(inv_step) * (hi + c(gamma) * ui + c(rho * gamma) * lv)
-            lvn = graph.laplacian(vn)
-            un = ui + c(rho / gamma) * lvn
-        else:
-            vn, un, lvn = vi - c(inv_step) * hi, ui, None
-        new_v.append(vn)
-        new_u.append(un)
-        new_lap.append(lvn)
-    return (jax.tree.unflatten(treedef, new_v), jax.tree.unflatten(treedef, new_u),
-            tuple(new_lap))
-
-
-def _initial_laplacians(graph, v, mask):
-    return tuple(graph.laplacian(vi) if on else None
-                 for vi, on in zip(jax.tree.leaves(v), mask))
+    """One primal step (5a)/(5b) and the dual step (4b)/(4d) for every leaf of a level:
+    :func:`slamjax.consensus.primal_dual` without the cache. Returns (v⁺, u⁺)."""
+    v, st = primal_dual(mask, cache=False).update(h, PrimalDualState(u), v, graph,
+                                                  ConsensusHP(inv_step, rho, gamma))
+    return v, st.dual
 
 
 def _with_laplacians(graph, config, state: SLAMState) -> SLAMState:
     """``state`` with its cache L·x, L·y filled (consensus leaves only), and with
     ``warm_start`` a zero starting point for the first hypergradient solve."""
     mx, my = config.masks(state.x, state.y)
-    state = state._replace(lap_x=_initial_laplacians(graph, state.x, mx),
-                           lap_y=_initial_laplacians(graph, state.y, my))
+    state = state._replace(lap_x=primal_dual(mx).init(state.x, graph).lap,
+                           lap_y=primal_dual(my).init(state.y, graph).lap)
     if config.warm_start and state.hg_v is None:
         state = state._replace(hg_v=jax.tree.map(jnp.zeros_like, state.y))
     return state
@@ -267,11 +237,17 @@ def slam(problem: BilevelProblem, comm: Graph, config: SLAMConfig = SLAMConfig()
 
     ``init(x0, y0, data)`` → :class:`SLAMState` with zero duals and the Laplacian products of
     x0, y0; ``step(key, state, params, data)`` → (state, info) is eqs. (5a), (4b), (5b),
-    (4d) with ``params`` a :class:`SLAMParams`; ``info`` counts the scalars exchanged (one
-    exchange of x⁺ and of y⁺ per step on the consensus leaves: the product L·v⁺ of the dual
-    step is reused by the next primal step) and the per-agent minibatches drawn (two per agent
-    and step with a stochastic oracle: one for h_g, one for h_f; one shared with
-    ``config.minibatches=1``).
+    (4d) with ``params`` a :class:`SLAMParams` (α, β are *inverse* step sizes); ``info``
+    counts the scalars exchanged (one exchange of x⁺ and of y⁺ per step on the consensus
+    leaves: the product L·v⁺ of the dual step is reused by the next primal step) and the
+    per-agent minibatches drawn (two per agent and step with a stochastic oracle: one for h_g,
+    one for h_f; one shared with ``config.minibatches=1``).
+
+    **Heterogeneity bias.** The hypergradient is the local surrogate of eq. (23): each agent
+    solves with its *own* ∇²_yy g_i and ∇²_xy g_i. When these differ across agents, SLAM's
+    (and SLAM-L's) fixed point is not the optimum of problem (2); SLAM-U (no LL consensus) is
+    unbiased. :func:`slamjax.baselines.bias_free_slam` removes the bias (one more consensus
+    variable z ≈ (Σ_j ∇²_yy g_j)⁻¹ Σ_j ∇_y f_j).
     """
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"problem must be a slamjax.BilevelProblem, got {type(problem).__name__}")
@@ -282,8 +258,9 @@ def slam(problem: BilevelProblem, comm: Graph, config: SLAMConfig = SLAMConfig()
         raise TypeError(f"config must be a slamjax.SLAMConfig, got {type(config).__name__}")
     st = Static((problem, config))
     P = jax.tree_util.Partial
-    return Algorithm(init=P(_slam_init, st, comm), step=P(_slam_step, st, comm),
-                     metrics=P(_slam_metrics, st, comm), check=P(_slam_check, st, comm))
+    return from_kernel(P(_slam_init, st, comm), P(_slam_kernel, st), comm,
+                       metrics=P(_slam_metrics, st, comm), check=P(_slam_check, st, comm),
+                       problem=problem)
 
 
 def _slam_init(static, graph, x0, y0, data=None) -> SLAMState:
@@ -293,44 +270,53 @@ def _slam_init(static, graph, x0, y0, data=None) -> SLAMState:
     return _with_laplacians(graph, config, init(x0, y0))
 
 
-def _slam_step(static, graph, key, state: SLAMState, params: SLAMParams, data):
-    """One SLAM iteration, eqs. (5a), (4b), (5b), (4d), with this step's ``key``."""
+def _hypergradients(problem, config, plan, n, x, y, data, batch, v0):
+    """h_f of eq. (23) for every agent (and, with warm start, the solutions v)."""
+    solver, block = config.solver, config.agent_block
+    if v0 is None:
+        return _per_agent(lambda xi, yi, d, b: hypergradient(problem, xi, yi, d, b, solver,
+                                                             plan=plan),
+                          block, n, x, y, data, batch), None
+    return _per_agent(lambda xi, yv, d, b: hypergradient(problem, xi, yv[0], d, b, solver,
+                                                         plan=plan, v0=yv[1],
+                                                         return_solution=True),
+                      block, n, x, (y, v0), data, batch)
+
+
+def _slam_kernel(static, key, state: SLAMState, params: SLAMParams, data, comm):
+    """One SLAM iteration, eqs. (5a), (4b), (5b), (4d), with this step's ``key`` on ``comm``."""
     problem, config = static.value
-    n = graph.n
+    if not all(hasattr(params, f) for f in SLAMParams._fields):
+        raise params_class_error("slam", SLAMParams, params)
+    n = comm.n
     mask_x, mask_y = config.masks(state.x, state.y)
     kg, kf = jax.random.split(key)
     vsample = jax.vmap(problem.sample_batch, in_axes=(0, DATA_AXES))
     batch_g = vsample(jax.random.split(kg, n), data)
     batch_f = batch_g if config.minibatches == 1 else vsample(jax.random.split(kf, n), data)
-    block = config.agent_block
+    one = ProblemData(shared=data.shared, agents=agent_slice(data.agents))
+    plan = step_plan(problem, agent_slice(state.x), agent_slice(state.y), one,
+                     agent_slice(batch_g), config.solver, n_agents=n,
+                     enabled=config.shared_operators)
 
-    h_g = _per_agent(lambda x, y, d, b: lower_grad(problem, x, y, d, b, n_agents=n,
-                                                   shared_dense=config.shared_operators),
-                     block, n, state.x, state.y, data, batch_g)
-    y, u_y, lap_y = _primal_dual(state.y, h_g, state.u_y, mask_y, graph, 1.0 / params.beta,
-                                 params.rho, params.gamma, state.lap_y)
+    h_g = _per_agent(lambda x, y, d, b: lower_grad(problem, x, y, d, b, plan=plan),
+                     config.agent_block, n, state.x, state.y, data, batch_g)
+    y, sy = primal_dual(mask_y).update(h_g, PrimalDualState(state.u_y, state.lap_y), state.y,
+                                       comm, ConsensusHP(1.0 / params.beta, params.rho,
+                                                         params.gamma))
+    v0 = None
     if config.warm_start:
         v0 = state.hg_v if state.hg_v is not None else jax.tree.map(jnp.zeros_like, y)
-        h_f, hg_v = _per_agent(
-            lambda x, yv, d, b: hypergradient(problem, x, yv[0], d, b, config.solver,
-                                              n_agents=n, shared_dense=config.shared_operators,
-                                              v0=yv[1], return_solution=True),
-            block, n, state.x, (y, v0), data, batch_f)
-    else:
-        h_f = _per_agent(lambda x, y, d, b: hypergradient(problem, x, y, d, b, config.solver,
-                                                          n_agents=n,
-                                                          shared_dense=config.shared_operators),
-                         block, n, state.x, y, data, batch_f)
-        hg_v = None
-    x, u_x, lap_x = _primal_dual(state.x, h_f, state.u_x, mask_x, graph, 1.0 / params.alpha,
-                                 params.rho, params.gamma, state.lap_x)
-    sent = sum(graph.messages(leaf) for leaf, on in zip(jax.tree.leaves(x), mask_x) if on) + \
-        sum(graph.messages(leaf) for leaf, on in zip(jax.tree.leaves(y), mask_y) if on)
+    h_f, hg_v = _hypergradients(problem, config, plan, n, state.x, y, data, batch_f, v0)
+    x, sx = primal_dual(mask_x).update(h_f, PrimalDualState(state.u_x, state.lap_x), state.x,
+                                       comm, ConsensusHP(1.0 / params.alpha, params.rho,
+                                                         params.gamma))
+    sent = primal_dual(mask_x).messages(comm, x) + primal_dual(mask_y).messages(comm, y)
     info = {"messages": jnp.asarray(float(sent), jnp.float32),
             "minibatches": jnp.asarray(0.0 if problem.sample is None
                                        else float(config.minibatches * n), jnp.float32)}
-    new = SLAMState(x=x, y=y, u_x=u_x, u_y=u_y, step=state.step + 1, lap_x=lap_x, lap_y=lap_y,
-                    hg_v=hg_v)
+    new = SLAMState(x=x, y=y, u_x=sx.dual, u_y=sy.dual, step=state.step + 1, lap_x=sx.lap,
+                    lap_y=sy.lap, hg_v=hg_v)
     return new, info
 
 
@@ -346,14 +332,14 @@ def _slam_check(static, graph, params, state, data) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# the same functions without building an Algorithm (one step path: they call _slam_step)
+# the same functions without building an Algorithm (one step path: the kernel)
 # ----------------------------------------------------------------------------------------
 def step(problem: BilevelProblem, config: SLAMConfig, graph: Graph, params: SLAMParams,
          state: SLAMState, data: ProblemData, key) -> SLAMState:
     """One SLAM iteration with the run key ``key`` (this step uses ``fold_in(key,
     state.step)``, as :func:`slamjax.run` does). Pure; jit/vmap/scan/grad-able."""
     k = jax.random.fold_in(key, state.step)
-    return _slam_step(Static((problem, config)), graph, k, state, params, data)[0]
+    return _slam_kernel(Static((problem, config)), k, state, params, data, graph)[0]
 
 
 def scan_steps(problem, config, graph, params, state, data, key, num_steps: int,
@@ -361,8 +347,6 @@ def scan_steps(problem, config, graph, params, state, data, key, num_steps: int,
     """``num_steps`` iterations of :func:`step` with ``lax.scan`` (pure, differentiable);
     ``checkpoint_every=c`` rematerialises chunks of c steps in reverse mode (memory
     O(T/c + c)). See :func:`slamjax.iterate`, which this calls."""
-    from slamjax.run import iterate
-
     alg = slam(problem, graph, config)
     if state.lap_x is None or state.lap_y is None or (config.warm_start and state.hg_v is None):
         state = _with_laplacians(graph, config, state)
@@ -400,6 +384,8 @@ def validate(problem: BilevelProblem, config: SLAMConfig, graph: Graph, params: 
     if not isinstance(data, ProblemData):
         raise TypeError("data must be a slamjax.ProblemData(shared=..., agents=...), got "
                         f"{type(data).__name__}")
+    if not all(hasattr(params, f) for f in SLAMParams._fields):
+        raise params_class_error("slam", SLAMParams, params)
     n = graph.n
     check_agent_axis("x", state.x, n)
     check_agent_axis("y", state.y, n)

@@ -111,7 +111,7 @@ def test_grad_of_final_loss_matches_finite_differences(x64, name):
 
 def alg_problem(alg):
     """The problem an algorithm was built with (the first static of its step)."""
-    return alg.step.args[0].value[0]
+    return alg.problem
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -126,7 +126,7 @@ def test_dtypes_are_kept(x64, name, dtype):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_changing_numbers_does_not_recompile_the_runner(name):
-    from slamjax.run import compiled_programs
+    from slamjax.driver import compiled_programs
 
     alg, params, data, x0, y0 = _setup(name)
     sj.run(alg, params, data, x0, y0, num_steps=10, log_every=5, progress=False)

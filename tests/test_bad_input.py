@@ -19,8 +19,9 @@ from slamjax import graphs
 from slamjax.cli import REPRODUCE, SCRIPTS
 from slamjax.cli import main as cli_main
 from slamjax.problems.quadratic import make_quadratic
-from slamjax.run import (CurvatureWarning, check_output_dir, check_output_file, checked,
-                         compiled_programs, write_text)
+from slamjax.checks import CurvatureWarning, checked
+from slamjax.driver import compiled_programs
+from slamjax.io import check_output_dir, check_output_file, write_text
 
 N = 8
 

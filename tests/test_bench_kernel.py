@@ -1,20 +1,16 @@
 """The throughput benchmark's hand-written kernel computes the library's iterates.
 
-``experiments/bench_throughput.py`` times every library path (autodiff HVPs, the user's own
-``hvp_yy``/``cross_xy``, the built-in quadratic) against a hand-written jit + scan kernel of the
-same recursion; the comparison only means something if all of them compute the same numbers.
-These run the benchmark's own worker at toy size (no timing assertions)."""
+``slamjax bench`` (:mod:`slamjax.tools.bench`, also ``experiments/bench_throughput.py``) times
+every library path (autodiff HVPs, the user's own ``hvp_yy``/``cross_xy``, the built-in
+quadratic) against a hand-written jit + scan kernel of the same recursion; the comparison only
+means something if all of them compute the same numbers. These run the benchmark's own worker
+at toy size (no timing assertions)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
-import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-bench = pytest.importorskip("bench_throughput")
+from slamjax.tools import bench
 
 
 def test_kernel_table_worker_agrees_with_every_library_path():

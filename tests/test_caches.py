@@ -16,7 +16,7 @@ import slamjax as sj
 from slamjax import caches
 from slamjax.problems.quadratic import make_quadratic
 
-run_module = sys.modules["slamjax.run"]  # ``slamjax.run`` the attribute is the function
+run_module = sys.modules["slamjax.driver"]  # the module of ``slamjax.run``
 
 
 def _run(log_every, steps=4):
@@ -50,7 +50,7 @@ def test_runner_cache_is_bounded_and_counts_every_compile(monkeypatch):
     monkeypatch.setattr(run_module, "_PROGRAMS", caches.ProgramCache(maxsize=2))
     for every in (1, 2, 4):  # log_every is static: three programs
         _run(every)
-    assert len(run_module._PROGRAMS) == 2 and sj.run.__module__ == "slamjax.run"
+    assert len(run_module._PROGRAMS) == 2 and sj.run.__module__ == "slamjax.driver"
     assert run_module.compiled_programs() == 3
     _run(4)  # most recent: reused
     assert run_module.compiled_programs() == 3

@@ -79,7 +79,7 @@ def _metropolis_dense(g, mask, active):
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_dropped_edges_give_the_dense_reference_laplacian_and_mixing(x64, graph, symmetric):
     g = sj.graphs.ring(12) if graph == "ring" else sj.graphs.erdos_renyi(12, 0.4, seed=2)
-    topo = F._topology(g)
+    topo = F.topology(g)
     drops = F.LinkDrops(0.4, symmetric=symmetric)
     mask = drops.apply(topo, g.n, jax.random.key(5), 0, ()).mask
     assert 0 < float(jnp.mean(mask)) < 1
@@ -101,12 +101,12 @@ def test_dropped_edges_give_the_dense_reference_laplacian_and_mixing(x64, graph,
     # compression: own exact term -> 1ᵀL̃v = Σ_i d_i (v_i − c_i) ≠ 0; own "sent" -> L·c
     for own, zero in (("exact", False), ("sent", True)):
         cg = F.FaultyGraph(g, mask if symmetric else None, jax.random.key(2),
-                           compress=F.Compress(bits=3, own=own), session=F._Session(None))
+                           compress=F.Compress(bits=3, own=own))
         total = float(jnp.max(jnp.abs(jnp.sum(cg.laplacian(v), 0))))
         assert (total < 1e-12) == zero, (own, total)
         # compressed gossip: (W̃v)_i = v_i − Σ_j W_ij (own_i − sent_j), against dense W
         cm = F.FaultyGraph(g, mask if symmetric else None, jax.random.key(2),
-                           compress=F.Compress(bits=3, own=own), session=F._Session(None))
+                           compress=F.Compress(bits=3, own=own))
         sent = np.asarray(F.quantize(jax.random.fold_in(jax.random.key(2), 0), v, 3))
         sent = sent.reshape(g.n, -1)
         vv = np.asarray(v).reshape(g.n, -1)
@@ -155,7 +155,7 @@ def test_one_directional_loss_leaves_a_frozen_dual_sum_and_a_bias(x64):
     # the increment (ρ/γ)·1ᵀL̃_t x of Σu vanishes at consensus, not before
     g = sj.graphs.ring(N)
     drop = F.LinkDrops(0.3, symmetric=False)
-    comm = F.FaultyGraph(g, drop.apply(F._topology(g), N, jax.random.key(4), 0, ()).mask, None)
+    comm = F.FaultyGraph(g, drop.apply(F.topology(g), N, jax.random.key(4), 0, ()).mask, None)
     prob, data, x0, y0 = _problem(N, jnp.float64)
     start = float(jnp.max(jnp.abs(jnp.sum(comm.laplacian(x0), 0))))
     end = float(jnp.max(jnp.abs(jnp.sum(comm.laplacian(st.inner.x), 0))))
@@ -231,7 +231,7 @@ def test_top_k_keeps_exactly_k_largest(shape):
 @pytest.mark.parametrize("burst", [None, 5.0])
 def test_markov_drops_have_the_stationary_rate_and_burst_length(burst):
     g = sj.graphs.ring(64)
-    topo = F._topology(g)
+    topo = F.topology(g)
     f = F.LinkDrops(0.2, burst=burst)
     T = 3000
 
@@ -253,7 +253,7 @@ def test_markov_drops_have_the_stationary_rate_and_burst_length(burst):
 def test_time_varying_edge_sets():
     n = 16
     ge = F.exponential_graph(n)
-    topo = F._topology(ge)
+    topo = F.topology(ge)
     f = F.TimeVarying("one_peer_exp")
     hop = np.asarray(topo.hop)[np.asarray(topo.edge_id)]
     for t in range(6):
@@ -261,7 +261,7 @@ def test_time_varying_edge_sets():
         assert np.all(hop[m] == 2 ** (t % 4)) and m.sum() > 0
         assert np.all(np.bincount(np.asarray(topo.senders)[m], minlength=n) <= 2)
     gm = sj.graphs.erdos_renyi(40, 0.3, seed=0)
-    tm = F._topology(gm)
+    tm = F.topology(gm)
     f = F.TimeVarying("matching", every=3)
     st = f.init(tm, 40)
     masks = []
@@ -288,7 +288,7 @@ def test_stragglers_skip_exactly_the_masked_agents():
     key = jax.random.key(7)
     s1, info = jax.jit(alg.step)(key, s0, params, data)
     fkey = jax.random.fold_in(jax.random.fold_in(key, F.FAULT_SALT), 0)
-    slow = np.asarray(f.apply(F._topology(g), N, fkey, 0, ()).freeze)
+    slow = np.asarray(f.apply(F.topology(g), N, fkey, 0, ()).freeze)
     assert 0 < slow.sum() < N and info["stragglers"] == slow.sum()
     for old, new in [(s0.inner.x, s1.inner.x), (s0.inner.y, s1.inner.y),
                      (s0.inner.u_x, s1.inner.u_x), (s0.inner.lap_x[0], s1.inner.lap_x[0])]:
@@ -303,7 +303,7 @@ _components = jax.jit(F.components, static_argnums=3)
 
 def test_components_match_scipy():
     g = sj.graphs.erdos_renyi(60, 0.1, seed=3)
-    topo = F._topology(g)
+    topo = F.topology(g)
     for i, p in enumerate([0.0, 0.3, 0.6, 0.9]):
         mask = F.LinkDrops(p).apply(topo, g.n, jax.random.key(i), 0, ()).mask if p else \
             jnp.ones(topo.senders.shape)

@@ -99,9 +99,13 @@ def test_stability_warning_states_bound_and_safe_value(setup):
 
 def test_run_arguments(setup):
     g, problem, data, x0, y0 = setup
-    with pytest.raises(ValueError, match="divide"):
+    # log_every need not divide num_steps: the last block is shorter (exactly 25 steps run)
+    res = sj.run(sj.slam(problem, g), sj.SLAMParams.create(20.0, 20.0, 1.0), data, x0, y0,
+                 num_steps=25, log_every=10, progress=False)
+    assert list(res.steps) == [0, 10, 20, 25] and res.num_steps == 25
+    with pytest.raises(ValueError, match="log_every"):
         sj.run(sj.slam(problem, g), sj.SLAMParams.create(20.0, 20.0, 1.0), data, x0, y0,
-               num_steps=25, log_every=10, progress=False)
+               num_steps=25, log_every=0, progress=False)
     with pytest.raises(TypeError, match="SLAMParams"):
         sj.run(sj.slam(problem, g), (20.0, 20.0, 1.0, 1.0), data, x0, y0, num_steps=20,
                log_every=10, progress=False)

@@ -1,8 +1,10 @@
 """Issue 13: the critics' consensus mechanism on a fixed dataset, the statistics of the
-navigation comparisons, and the < 2 min smoke run of ``experiments/navigation_hetero.py``."""
+navigation comparisons, and the < 2 min smoke run of ``experiments/navigation_hetero.py``
+(run as a script: tests never import experiment scripts)."""
 
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,31 +14,42 @@ import numpy as np
 import pytest
 
 import slamjax.rl as rl
+from slamjax.consensus import PrimalDualState
+from slamjax.rl import stats
 from slamjax.rl.evaluation import critic_fixed_points, random_policy_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import navigation_hetero as nh  # noqa: E402
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "navigation_hetero.py"
+#: the script's parts and mechanism nuisance levels (``PARTS``, ``MECH_C``)
+PARTS = ("mechanism", "returns", "ppo")
+MECH_C = (0.0, 0.5, 1.0)
+
+
+def _script(argv):
+    """Run ``experiments/navigation_hetero.py argv``: (exit code, stdout, stderr)."""
+    out = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True,
+                         timeout=1800)
+    return out.returncode, out.stdout, out.stderr
 
 
 # ---------------------------------------------------------------- statistics
 def test_ci95_matches_hand_computation():
-    c = nh.ci95([1.0, 2.0, 3.0])
+    c = stats.ci95([1.0, 2.0, 3.0])
     # mean 2, sd 1, t_{0.975, 2} = 4.302653
     assert c["mean"] == pytest.approx(2.0)
     assert c["std"] == pytest.approx(1.0)
     assert c["ci95"] == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
-    assert nh.ci95([1.0, np.nan, 3.0])["seeds"] == 2  # NaN (diverged seeds) dropped
+    assert stats.ci95([1.0, np.nan, 3.0])["seeds"] == 2  # NaN (diverged seeds) dropped
 
 
 def test_paired_ci_verdicts():
     base = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
-    up = nh.paired_ci(base + 1.0 + 0.01 * np.arange(5), base)
+    up = stats.paired_ci(base + 1.0 + 0.01 * np.arange(5), base)
     assert up["verdict"] == "a > b" and up["wins"] == 5 and up["lo"] > 0
-    down = nh.paired_ci(base - 1.0 - 0.01 * np.arange(5), base)
+    down = stats.paired_ci(base - 1.0 - 0.01 * np.arange(5), base)
     assert down["verdict"] == "a < b" and down["hi"] < 0
-    tie = nh.paired_ci(base + np.array([1.0, -1.0, 1.0, -1.0, 0.0]), base)
+    tie = stats.paired_ci(base + np.array([1.0, -1.0, 1.0, -1.0, 0.0]), base)
     assert tie["verdict"] == "tie" and tie["lo"] < 0 < tie["hi"]
-    assert nh.ordering({"A": 1.0, "B": 3.0, "C": 2.0}) == "B > C > A"
+    assert stats.ordering({"A": 1.0, "B": 3.0, "C": 2.0}) == "B > C > A"
 
 
 # ---------------------------------------------------------------- mechanism
@@ -95,23 +108,23 @@ def test_fixed_point_bad_arguments():
 def test_slam_duals_sum_to_zero_on_fixed_dataset():
     """u = Aᵀλ: Σ_i u_i = 0 throughout (the property that makes the consensus point the
     centralized critic); checked on the final duals of a short full-batch run."""
-    from slamjax.rl.slam_ac import slam_critic_update
     g = rl.make_rl_graph("ring", 5)
     cfg = rl.ACConfig("slam_ac", n=5, nuisance_scale=rl.nuisance_scale(5, 1.0))
     data = random_policy_dataset(cfg, jax.random.key(2), 2)
     hp = rl.make_hparams(g, rho=1.0)
     _, vnet, rnet = cfg.nets()
     crit = rl.init_state(cfg, hp, jax.random.key(0)).critic
-    dual = jax.tree.map(jnp.zeros_like, crit)
+    dual = PrimalDualState(jax.tree.map(jnp.zeros_like, crit))
+    rule = rl.critic_rule("slam", cfg)
 
     def body(c, _):
         cr, du = c
-        cr, du, _ = slam_critic_update(cr, du, lambda a, b: rl.critic_grads(
-            vnet, rnet, a, b, hp.discount), data, g, hp, None, cfg)
+        cr, du, _ = rl.critic_update(rule, cr, du, lambda a, b: rl.critic_grads(
+            vnet, rnet, a, b, hp.discount), data, g, hp)
         return (cr, du), None
 
     (_, dual), _ = jax.lax.scan(body, (crit, dual), None, length=20)
-    for leaf in jax.tree.leaves(dual):
+    for leaf in jax.tree.leaves(dual.dual):
         assert float(jnp.max(jnp.abs(leaf.sum(axis=0)))) < 1e-4 * (
             1.0 + float(jnp.max(jnp.abs(leaf))))
         assert float(jnp.max(jnp.abs(leaf))) > 1e-6  # the duals did move
@@ -121,9 +134,10 @@ def test_slam_duals_sum_to_zero_on_fixed_dataset():
 def test_smoke_run_end_to_end(tmp_path):
     """The CI version of the whole reproduction: every part, tiny."""
     out = tmp_path / "res"
-    assert nh.main(["--quick", "--no-progress", "--out", str(out)]) == 0
+    code, _, err = _script(["--quick", "--no-progress", "--out", str(out)])
+    assert code == 0, err
     d = json.loads((out / "nav_hetero.json").read_text())
-    assert set(nh.PARTS) <= set(d)
+    assert set(PARTS) <= set(d)
     blk = d["returns"]["ring@n=4"]
     labels = set(blk["runs"])
     assert {"SLAM-AC ρ=0.1", "SLAM-AC ρ=1", "DAC", "MDAC (fresh minibatches)",
@@ -136,7 +150,7 @@ def test_smoke_run_end_to_end(tmp_path):
     comps = blk["comparisons"]
     assert {c["verdict"] for c in comps} <= {"a > b", "a < b", "tie"}
     mech = d["mechanism"]["ring@n=4"]["lanes"]
-    assert len(mech) == 5 * len(nh.MECH_C)
+    assert len(mech) == 5 * len(MECH_C)
     for f in ("nav_hetero.md", "nav_hetero_mechanism.png", "nav_hetero_fig1.png",
               "nav_hetero_fig5.png", "nav_hetero_fig7.png"):
         assert (out / f).stat().st_size > 0, f
@@ -144,7 +158,7 @@ def test_smoke_run_end_to_end(tmp_path):
     assert "ordering (final)" in md and "95 %" in md
     # --replot redraws from the JSON
     (out / "nav_hetero_fig5.png").unlink()
-    assert nh.main(["--quick", "--replot", "--out", str(out)]) == 0
+    assert _script(["--quick", "--replot", "--out", str(out)])[0] == 0
     assert (out / "nav_hetero_fig5.png").exists()
 
 
@@ -152,17 +166,18 @@ def test_smoke_run_end_to_end(tmp_path):
     (["--seeds", "1"], "--seeds"), (["--ns", "2"], "--ns"), (["--graphs", "torus"], "--graphs"),
     (["--rounds", "0"], "--rounds"), (["--nuisance", "-1"], "--nuisance"),
     (["--ns", "a,b"], "--ns")])
-def test_bad_arguments(argv, msg, capsys):
-    with pytest.raises(SystemExit) as e:
-        nh.parse_args(argv)
-    assert e.value.code == 2
-    assert msg in capsys.readouterr().err
+def test_bad_arguments(argv, msg):
+    code, _, err = _script(argv)
+    assert code == 2
+    assert msg in err
 
 
-def test_out_is_a_file_and_replot_without_json(tmp_path, capsys):
+def test_out_is_a_file_and_replot_without_json(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
-    assert nh.main(["--quick", "--out", str(f)]) == 2
-    assert "existing file" in capsys.readouterr().err
-    assert nh.main(["--quick", "--replot", "--out", str(tmp_path / "none")]) == 2
-    assert "run without --replot" in capsys.readouterr().err
+    code, _, err = _script(["--quick", "--out", str(f)])
+    assert code == 2
+    assert "existing file" in err
+    code, _, err = _script(["--quick", "--replot", "--out", str(tmp_path / "none")])
+    assert code == 2
+    assert "run without --replot" in err

@@ -5,15 +5,14 @@ tiny training runs: masked actor leaves reach consensus and unmasked ones do not
 run beats the random policy's capture rate."""
 
 import dataclasses
-import sys
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from slamjax.consensus import PrimalDualState
 from slamjax.envs import PursuitEnv
 from slamjax.graphs import laplacian_dense, mixing_matrix, ring
 from slamjax.rl import pursuit_ac as P
@@ -45,7 +44,11 @@ def test_actor_update_rules_match_dense_linear_algebra(rule):
     cfg = P.PursuitACConfig("slam_ac", shared_actor_layers=("conv1",), **TINY)
     mask = P.actor_mask(cfg, params)
     hp = _hp()
-    new, new_dual = P.actor_update(rule, params, grads, dual, mask, g, hp)
+    # SLAM's transform holds the duals in its state; the other rules are stateless (their
+    # state, here the duals, comes back untouched)
+    state = PrimalDualState(dual) if rule == "slam" else dual
+    new, new_state = P.actor_update(P.actor_consensus(rule, mask), params, grads, state, g, hp)
+    new_dual = new_state.dual if rule == "slam" else new_state
     L, W = laplacian_dense(g), mixing_matrix(g)
     lr, rho, gam = 0.1, 5.0, 0.4
     for (path, v), gr, u, on, nv, nu in zip(
@@ -142,26 +145,29 @@ def tiny_runs():
 def test_masked_actor_leaves_reach_consensus_and_unmasked_do_not(tiny_runs):
     for name in ("slam", "cac"):
         r = tiny_runs[name]
+        init = r.meta["initial_disagreement"]
         shared = np.asarray(r.metrics["consensus_actor_shared"])[0, :, -1]
         private = np.asarray(r.metrics["consensus_actor_private"])[0, :, -1]
-        assert r.initial["actor_shared"] > 1.0  # independent initial networks
-        assert np.all(shared < 1e-2 * r.initial["actor_shared"]), (name, shared)
-        assert np.all(private > 0.5 * r.initial["actor_private"]), (name, private)
+        assert init["actor_shared"] > 1.0  # independent initial networks
+        assert np.all(shared < 1e-2 * init["actor_shared"]), (name, shared)
+        assert np.all(private > 0.5 * init["actor_private"]), (name, private)
         critic = np.asarray(r.metrics["consensus_critic"])[0, :, -1]
-        assert np.all(critic < 1e-2 * r.initial["critic"]), (name, critic)
+        assert np.all(critic < 1e-2 * init["critic"]), (name, critic)
     fig4 = tiny_runs["slam_fig4"]
+    init4 = fig4.meta["initial_disagreement"]
     assert np.all(np.asarray(fig4.metrics["consensus_actor_shared"]) == 0)  # nothing shared
     assert np.all(np.asarray(fig4.metrics["consensus_actor_private"])[0, :, -1]
-                  > 0.5 * fig4.initial["actor_private"])
+                  > 0.5 * init4["actor_private"])
     nocomm = np.asarray(tiny_runs["nocomm"].metrics["consensus_critic"])[0, :, -1]
-    assert np.all(nocomm > 0.1 * tiny_runs["nocomm"].initial["critic"])  # never talks
+    init_nc = tiny_runs["nocomm"].meta["initial_disagreement"]
+    assert np.all(nocomm > 0.1 * init_nc["critic"])  # never talks
 
 
 def test_same_seed_same_numbers_and_paired_streams(tiny_runs):
     g = ring(4)
-    cfg = tiny_runs["slam"].config
-    again = P.run(cfg, g, hparams=tiny_runs["slam"].hparams, seeds=2, num_rounds=6, chunk=3,
-                  progress=False, fast_compile=True)
+    cfg = tiny_runs["slam"].meta["config"]
+    again = P.run(cfg, g, hparams=tiny_runs["slam"].meta["hparams"], seeds=2, num_rounds=6,
+                  chunk=3, progress=False, fast_compile=True)
     for k in P.METRICS:
         np.testing.assert_allclose(again.metrics[k], tiny_runs["slam"].metrics[k], rtol=1e-5,
                                    atol=1e-6)

@@ -35,7 +35,7 @@ TINY = dict(n=N, num_envs=8, iters_per_round=4)  # minibatch M = 8*25/4 = 50
 
 @functools.lru_cache(maxsize=None)
 def _graph():
-    return rl.default_graph(N)
+    return rl.navigation_graph(N)
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,7 +64,7 @@ def _check_slam_consensus(state, m):
     assert np.all(err0 > 1.0)
     assert np.all(err[:, -1] < 1e-3 * err0), (err0, err[:, -1])
     assert np.all(err[:, 50:].max(axis=1) < 1e-2 * err0)  # and it stays there
-    for leaf in jax.tree.leaves(state.dual):
+    for leaf in jax.tree.leaves(state.critic_consensus.dual):
         s = np.asarray(leaf).sum(axis=1)  # axis 0: seeds, axis 1: agents
         assert np.max(np.abs(s)) < 1e-4 * (1.0 + np.max(np.abs(np.asarray(leaf))))
 
@@ -206,7 +206,7 @@ def test_bad_number_of_agents(n):
     with pytest.raises(ValueError, match="n"):
         rl.ACConfig("slam_ac", n=n)
     with pytest.raises(ValueError, match="n"):
-        rl.default_graph(n)
+        rl.navigation_graph(n)
 
 
 @pytest.mark.parametrize("name", ["slam", "ppo", "maddpg", "", "SLAM_AC2"])
@@ -280,7 +280,7 @@ def test_float_actions_and_bad_value_shapes():
 
 
 def test_bad_hyperparameters_and_graph():
-    g = rl.default_graph(3)
+    g = rl.navigation_graph(3)
     with pytest.raises(ValueError, match="actor_lr"):
         rl.make_hparams(g, actor_lr=-1e-4)
     with pytest.raises(ValueError, match="critic_lr"):

@@ -9,6 +9,10 @@ optimisation); every check compares against an independent computation or an exa
 from __future__ import annotations
 
 import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +20,6 @@ import numpy as np
 import pytest
 
 import slamjax.rl as rl
-from slamjax.baselines.mdac import mdac_fresh_critic_update
 from slamjax.graphs import mixing_matrix, ring, spectral_gap
 from slamjax.rl.train import FAST_COMPILE
 
@@ -82,8 +85,6 @@ def test_central_control_is_one_critic_fitted_to_the_team_reward():
 
 
 def test_central_critic_step_equals_a_step_on_the_team_reward():
-    from slamjax.baselines.controls import central_critic_step
-
     cfg = rl.ACConfig("central_ac", n=N)
     _, vnet, rnet = cfg.nets()
     hp = rl.make_hparams(ring(N))
@@ -98,8 +99,8 @@ def test_central_critic_step_equals_a_step_on_the_team_reward():
         obs, nxt = jax.random.normal(k[2], (8, d)), jax.random.normal(k[3], (8, d))
         acts = jax.random.randint(k[4], (8, N), 0, 5)
         rew = jax.random.normal(k[5], (8, N))
-        got, _ = central_critic_step(critic, grad_fn,
-                                     rl.core.make_batch(obs, acts, rew, nxt), hp)
+        got, _, _ = rl.critic_update(rl.critic_rule("central", cfg), critic, (), grad_fn,
+                                     rl.core.make_batch(obs, acts, rew, nxt), None, hp)
         # by hand: each copy steps on the team reward, then the copies are averaged
         team = rl.core.make_batch(obs, acts, jnp.repeat(rew.mean(1, keepdims=True), 2, 1), nxt)
         h, _ = grad_fn(critic, team)
@@ -123,8 +124,6 @@ def _quadratic_grad_fn(c, mb):
 
 def test_no_communication_control_never_mixes():
     """``local`` rule: y_i <- y_i − lr h_i(y_i), critic_steps times; nothing from neighbours."""
-    from slamjax.baselines.controls import local_critic_update
-
     n = 4
     cfg = rl.ACConfig("nocomm_ac", n=n, critic_steps=2)
     g = ring(n)
@@ -133,8 +132,8 @@ def test_no_communication_control_never_mixes():
     y0 = rng.normal(size=(n, 3)).astype(np.float32)
     r = rng.normal(size=(6, n)).astype(np.float32)
     batch = rl.core.CriticBatch(r, r, r, r)
-    got, dual, _ = local_critic_update({"w": jnp.asarray(y0)}, "dual", _quadratic_grad_fn,
-                                       batch, g, hp, None, cfg)
+    got, dual, _ = rl.critic_update(rl.critic_rule("local", cfg), {"w": jnp.asarray(y0)},
+                                    "dual", _quadratic_grad_fn, batch, g, hp)
     lr = float(hp.critic_lr)
     y = y0.astype(np.float64)
     for _ in range(2):
@@ -159,8 +158,8 @@ def test_mdac_fresh_inner_loop_against_numpy():
 
     grad_fn = _quadratic_grad_fn
     batch = rl.core.CriticBatch(data, data, data, data)
-    got, _, _ = mdac_fresh_critic_update({"w": jnp.asarray(y0)}, None, grad_fn, batch, g, hp,
-                                         None, cfg)
+    got, _, _ = rl.critic_update(rl.critic_rule("mdac_fresh", cfg), {"w": jnp.asarray(y0)}, (),
+                                 grad_fn, batch, g, hp)
     lr = float(hp.critic_lr) * B / cfg.minibatch_size
     y = y0.astype(np.float64)
     for t in range(Tc):
@@ -225,27 +224,32 @@ def test_nuisance_scale_is_relative_to_the_team_reward_std():
         rl.ACConfig("dac", reward_split="mine")
 
 
+def _nav_settings(*argv) -> dict:
+    """``experiments/navigation.py ... --print-config``, run as a script (tests never import
+    experiment scripts): the resolved graph, actor and overrides per figure and n."""
+    script = Path(__file__).resolve().parents[1] / "experiments" / "navigation.py"
+    out = subprocess.run([sys.executable, str(script), *argv, "--print-config"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 def test_experiment_defaults_leave_the_figures_unchanged():
     """experiments/navigation.py: the issue-13 options add nothing to the paper figures unless
     asked for; the mechanism mode defaults to a ring and plain SGD actors."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "navigation.py"
-    spec = importlib.util.spec_from_file_location("_nav_exp", path)
-    nav = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(nav)
-    for fig in ("1", "5", "6", "7", "ablation"):
-        args = nav.parse_args(["--figure", fig])
-        assert (args.graph, args.actor) == ("er", "adam")
-        assert nav.config_kwargs(args, 3) == {} and nav.hparam_kwargs(args) == {}
-    args = nav.parse_args(["--figure", "mechanism"])
-    assert (args.graph, args.actor) == ("ring", "sgd")
-    assert nav.config_kwargs(args, 6) == {"actor_optimizer": "sgd"}
-    assert nav.hparam_kwargs(args) == {"actor_lr": nav.SGD_ACTOR_STEP}
-    args = nav.parse_args(["--figure", "5", "--graph", "er_sparse", "--nuisance", "0.5",
-                           "--reward-split", "owner", "--track-central"])
-    kw = nav.config_kwargs(args, 6)
+    for figs in (["--figure", "all"], ["--figure", "ablation"]):  # all = figures 1, 7, 5, 6
+        nav = _nav_settings(*figs)
+        assert (nav["graph"], nav["actor"]) == ("er", "adam")
+        assert nav["hparam_kwargs"] == {}
+        for per_n in nav["figures"].values():
+            assert all(v["config_kwargs"] == {} for v in per_n.values())
+    nav = _nav_settings("--figure", "mechanism")
+    assert (nav["graph"], nav["actor"]) == ("ring", "sgd")
+    assert nav["figures"]["mechanism"]["6"]["config_kwargs"] == {"actor_optimizer": "sgd"}
+    assert nav["hparam_kwargs"] == {"actor_lr": 5e-3}  # SGD_ACTOR_STEP: 1e-4 per sample × M
+    nav = _nav_settings("--figure", "5", "--graph", "er_sparse", "--nuisance", "0.5",
+                        "--reward-split", "owner", "--track-central")
+    kw = nav["figures"]["5"]["6"]["config_kwargs"]
     assert kw["nuisance_scale"] == pytest.approx(0.5 * rl.team_reward_std(6))
     assert kw["reward_split"] == "owner" and kw["track_central"]
-    assert nav.make_graph(args, 6).kind == "erdos_renyi"
+    assert nav["figures"]["5"]["6"]["graph_kind"] == "erdos_renyi"

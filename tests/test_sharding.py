@@ -20,6 +20,7 @@ import pytest
 
 import slamjax as sj
 from slamjax import sharding as sh
+from slamjax.placement import Sharded
 from slamjax.problems.quadratic import make_quadratic
 
 WORKER = textwrap.dedent("""
@@ -27,6 +28,7 @@ WORKER = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     import slamjax as sj
     from slamjax import sharding as sh
+    from slamjax.placement import Sharded
     from slamjax.problems.quadratic import make_quadratic
 
     assert len(jax.devices()) == 4, jax.devices()
@@ -44,7 +46,8 @@ WORKER = textwrap.dedent("""
         ref = jax.jit(lambda s: sj.scan_steps(problem, cfg, g, params, s, data, key, 40))(
             sj.init(x0, y0))
         pg = sh.partition_graph(g, mesh)
-        res = sh.solve(sj.slam(problem, pg, cfg), params, data, x0, y0, key, 40, mesh=mesh)
+        res = sj.solve(sj.slam(problem, pg, cfg), params, data, x0, y0, key, 40,
+                       placement=Sharded(mesh))
         # the iterates and duals (the state's lap_x/lap_y cache holds L·x, L·y: a difference
         # of nearly equal numbers whose float32 round-off is relatively larger even between
         # two single-device paths; the Laplacian product itself is checked by lap_rel)
@@ -110,7 +113,7 @@ def test_single_device_mesh_is_identity():
     problem, data, x0, y0 = make_quadratic(32, 3, 3, 1, seed=0)
     params = sj.SLAMParams.create(20.0, 20.0, 0.5, 1.0)
     key = jax.random.key(1)
-    a = sh.solve(sj.slam(problem, pg), params, data, x0, y0, key, 15, mesh=mesh)
+    a = sj.solve(sj.slam(problem, pg), params, data, x0, y0, key, 15, placement=Sharded(mesh))
     b = sj.solve(sj.slam(problem, g), params, data, x0, y0, key, 15)
     for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(u, w, rtol=1e-5, atol=1e-6)

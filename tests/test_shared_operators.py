@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import slamjax as sj
-from slamjax.hypergrad import CG, hypergradient, shared_operators
+from slamjax.hypergrad import CG, hypergradient
+from slamjax.operators import detect as shared_operators
 from slamjax.problems.quadratic import make_quadratic, surrogate_hypergrad
 
 
@@ -144,18 +145,19 @@ def test_affine_gradients_exact_and_only_where_cheaper(x64):
     ∇(0, 0) + x J_xᵀ + y J_yᵀ (fewer products than autodiff's ½(H + Hᵀ)y); same numbers. Not
     used where autodiff has no products to save (∇_y f = y − t) or the Jacobian is not shared."""
     from slamjax import hypergrad as hg
+    from slamjax import operators as ops
 
     problem = _user_quadratic(False)
     data, x0, y0 = _user_data(5, 4, jnp.float64)
     one = _one(data)
-    gy = hg._grad_y_g(problem)
+    gy = ops.grad_y_g(problem)
     fx = lambda a, b, d, e: jax.grad(problem.f, argnums=0)(a, b, d, e)  # noqa: E731
     fy = lambda a, b, d, e: jax.grad(problem.f, argnums=1)(a, b, d, e)  # noqa: E731
-    assert hg._affine_plan(gy, x0[0], y0[0], one, None) == (True, True)
-    assert hg._affine_plan(fx, x0[0], y0[0], one, None) == (True, False)
-    assert hg._affine_plan(fy, x0[0], y0[0], one, None) is None
+    assert ops.affine_plan(gy, x0[0], y0[0], one, None) == (True, True)
+    assert ops.affine_plan(fx, x0[0], y0[0], one, None) == (True, False)
+    assert ops.affine_plan(fy, x0[0], y0[0], one, None) is None
     het, hd, hx, hy = make_quadratic(5, 4, 4, 1, homogeneous=False, dtype=jnp.float64)
-    assert hg._affine_plan(hg._grad_y_g(het), hx[0], hy[0], _one(hd), None) is None
+    assert ops.affine_plan(ops.grad_y_g(het), hx[0], hy[0], _one(hd), None) is None
     vm = jax.vmap(lambda x, y, d: hg.lower_grad(problem, x, y, d, None, n_agents=5),
                   in_axes=(0, 0, sj.problem.DATA_AXES))
     ref = jax.vmap(lambda x, y, d: gy(x, y, d, None), in_axes=(0, 0, sj.problem.DATA_AXES))

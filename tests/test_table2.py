@@ -9,7 +9,6 @@ speed-up and monotonicity are checked against hand-computed values.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -29,14 +28,10 @@ needs_mnist = pytest.mark.skipif(
     reason=f"MNIST not found at {SHARED_MNIST}")
 
 
-@pytest.fixture(scope="module")
-def ML():
-    if not SCRIPT.is_file():
-        pytest.skip("experiments/ not present (installed package)")
-    spec = importlib.util.spec_from_file_location("meta_learning_under_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _script(*args, timeout=300):
+    """The experiment script run as a command (tests never import experiment scripts)."""
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def _curves(crossings, num_logs, log_every):
@@ -52,8 +47,10 @@ def _curves(crossings, num_logs, log_every):
     return steps, np.asarray(rows)
 
 
-def test_selection_stop_waits_until_the_choice_is_decided(ML):
-    stop = ML.selection_stop(num_points=2, num_seeds=2, threshold=0.5)
+def test_selection_stop_waits_until_the_choice_is_decided():
+    from slamjax.problems.meta_anil import selection_stop
+
+    stop = selection_stop(num_points=2, num_seeds=2, threshold=0.5)
     # point 0 finished (crossings 40, 60: mean 50); point 1 has one seed at 20 and one still
     # running at step 70: its mean can still be (20 + 70)/2 = 45 < 50 → must not stop
     steps, acc = _curves([40, 60, 20, None], 8, 10)
@@ -69,8 +66,10 @@ def test_selection_stop_waits_until_the_choice_is_decided(ML):
     assert stop(steps, {"test_acc_avg": acc})
 
 
-def test_all_crossed_stop(ML):
-    stop = ML.all_crossed_stop(threshold=0.5)
+def test_all_crossed_stop():
+    from slamjax.problems.meta_anil import all_crossed_stop
+
+    stop = all_crossed_stop(threshold=0.5)
     steps, acc = _curves([40, None], 10, 10)
     assert not stop(steps, {"test_acc_avg": acc})
     steps, acc = _curves([40, 85], 10, 10)
@@ -81,7 +80,8 @@ def _rec(mean, std=1.0, chosen=0.1):
     return {"report": {"mean": mean, "std": std, "reached": 5, "seeds": 5}, "chosen": chosen}
 
 
-def test_summary_efficiency_speedup_and_monotonicity(ML):
+@needs_script
+def test_summary_efficiency_speedup_and_monotonicity(tmp_path):
     per_n = {"1": {"slam_u": _rec(30000), "oracle_sgd": _rec(24000), "oracle_adam": _rec(27000),
                    "alone": _rec(30000)},
              "2": {"slam_u": _rec(20000), "oracle_sgd": _rec(15000), "oracle_adam": _rec(18000),
@@ -89,8 +89,14 @@ def test_summary_efficiency_speedup_and_monotonicity(ML):
              "10": {"slam_u": _rec(10000), "oracle_sgd": _rec(7000), "oracle_adam": _rec(5000),
                     "alone": {"report": {"mean": None, "std": None, "reached": 3, "seeds": 5},
                               "chosen": 0.1}}}
-    args = ML.parse_args(["--ns", "1,2,10"])
-    s = ML.summarize({"per_n": per_n}, args)
+    def summarize(per_n):
+        path = tmp_path / "per_n.json"
+        path.write_text(json.dumps({"per_n": per_n}))
+        out = _script("--ns", "1,2,10", "--summarize", str(path))
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    s = summarize(per_n)
     assert s["n"] == [1, 2, 10]
     for key in ("slam_u_samples_mean", "slam_u_samples_std", "oracle_samples_mean",
                 "alone_samples_mean", "paper"):
@@ -108,21 +114,21 @@ def test_summary_efficiency_speedup_and_monotonicity(ML):
     assert s["slope_slam_u"] == pytest.approx(np.polyfit(np.log([1, 2, 10]),
                                                          np.log([3e4, 2e4, 1e4]), 1)[0])
     per_n["10"]["slam_u"] = _rec(21000)
-    assert ML.summarize({"per_n": per_n}, args)["monotone"] is False
+    assert summarize(per_n)["monotone"] is False
 
 
-def test_bad_arguments_fail_before_any_work(ML, tmp_path):
-    with pytest.raises(SystemExit):
-        ML.parse_args(["--select-seeds", "0,1,2", "--report-seeds", "2,3"])   # overlap
-    with pytest.raises(SystemExit):
-        ML.parse_args(["--methods", "slam_u,adam"])
-    with pytest.raises(SystemExit):
-        ML.parse_args(["--grid", "0.1,-1"])
-    with pytest.raises(SystemExit):
-        ML.parse_args(["--ns", "4,2"])
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    assert ML.main(["--ns", "2", "--out", str(blocker), "--no-progress"]) == 2
+@needs_script
+@pytest.mark.parametrize("bad", [["--select-seeds", "0,1,2", "--report-seeds", "2,3"],
+                                 ["--methods", "slam_u,adam"], ["--grid", "0.1,-1"],
+                                 ["--ns", "4,2"], "blocked-out"])
+def test_bad_arguments_fail_before_any_work(tmp_path, bad):
+    if bad == "blocked-out":
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        bad = ["--ns", "2", "--out", str(blocker), "--no-progress"]
+    out = _script(*bad)
+    assert out.returncode == 2, out.stdout[-500:] + out.stderr[-1500:]
+    assert "Traceback" not in out.stderr
 
 
 @needs_script

@@ -7,8 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from slamjax.algorithm import Algorithm, Static
-from slamjax.graphs import Graph
+from slamjax.algorithm import Algorithm, Static, from_kernel, params_class_error
+from slamjax.comm import Graph
 from slamjax.hypergrad import cross_xy, hvp_yy
 from slamjax.metrics import bilevel_metrics
 from slamjax.problem import DATA_AXES, BilevelProblem, check_agent_axis
@@ -35,6 +35,11 @@ def directions(problem, x, y, z, data, batch_g, batch_f):
         return (jax.tree.map(jnp.subtract, fx, cz), gy, jax.tree.map(jnp.subtract, hz, fy))
 
     return per_agent(one, x, y, z, data, batch_g, batch_f)
+
+
+def number(v, dtype=None):
+    """A params field: a schedule (callable) as it is, else an array of ``dtype``."""
+    return v if callable(v) else jnp.asarray(v, dtype=dtype)
 
 
 def axpy(a, x, y):
@@ -69,7 +74,11 @@ def check_consensus(name: str, consensus) -> None:
         raise ValueError(f"{name}: consensus must be one of {CONSENSUS}, got {consensus!r}")
 
 
-def check_inputs(name, comm, params, state):
+def check_inputs(name, comm, params, state, params_cls=None):
+    """Agent axes of x and y; ``params`` of the method's class; every scalar field finite
+    and ≥ 0."""
+    if params_cls is not None and not isinstance(params, params_cls):
+        raise params_class_error(name, params_cls, params)
     check_agent_axis("x", state.x, comm.n)
     check_agent_axis("y", state.y, comm.n)
     for field in params._fields:
@@ -84,19 +93,30 @@ def check_inputs(name, comm, params, state):
             raise ValueError(f"{name}: {field}={v} must be finite and ≥ 0")
 
 
-def build(problem, comm, options, init, step, name, metrics=None, check=None):
-    """An Algorithm over ``comm`` with ``(problem, options)`` static. Default ``metrics``: as
-    for SLAM with consensus on both levels (on x only if ``options.consensus == "upper"``); default ``check``: agent axes and non-negative
-    parameters. Custom ones are called as ``fn(static, comm, ...)``."""
+def build(problem, comm, options, init, kernel, name, params_cls, metrics=None,
+          check=None) -> Algorithm:
+    """An Algorithm over ``comm`` with ``(problem, options)`` static: ``init(static, comm, x0,
+    y0, data)`` and ``kernel(static, key, state, params, data, comm)``. Default ``metrics``: as
+    for SLAM with consensus on both levels (on x only if ``options.consensus == "upper"``);
+    default ``check``: agent axes, the params class and non-negative parameters. Custom ones
+    are called as ``fn(static, comm, ...)``."""
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"problem must be a slamjax.BilevelProblem, got {type(problem).__name__}")
     if not isinstance(comm, Graph):
         raise TypeError(f"comm must be a slamjax.Graph, got {type(comm).__name__}")
     st = Static((problem, options))
     P = jax.tree_util.Partial
-    return Algorithm(init=P(init, st, comm), step=P(step, st, comm),
-                     metrics=P(metrics or _metrics, st, comm),
-                     check=P(check, st, comm) if check else P(_check, st, comm, name))
+    return from_kernel(P(init, st, comm), P(_checked_kernel, P(kernel, st), name, params_cls),
+                       comm, metrics=P(metrics or _metrics, st, comm),
+                       check=P(check, st, comm) if check else P(_check, st, comm, name,
+                                                                   params_cls),
+                       problem=problem)
+
+
+def _checked_kernel(kernel, name, params_cls, key, state, params, data, comm):
+    if not all(hasattr(params, f) for f in params_cls._fields):
+        raise params_class_error(name, params_cls, params)
+    return kernel(key, state, params, data, comm)
 
 
 def _metrics(static, comm, state, data):
@@ -104,5 +124,5 @@ def _metrics(static, comm, state, data):
     return bilevel_metrics(static.value[0], comm, state.x, state.y, data, True, both)
 
 
-def _check(static, comm, name, params, state, data):
-    check_inputs(name, comm, params, state)
+def _check(static, comm, name, params_cls, params, state, data):
+    check_inputs(name, comm, params, state, params_cls)

@@ -27,13 +27,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from slamjax.algorithm import register
+from slamjax.algorithm import params_class_error, register
 from slamjax.baselines import _oracle as O
+from slamjax.consensus import ConsensusHP, PrimalDualState, primal_dual
 from slamjax.hypergrad import cross_xy, hvp_yy, lower_grad
 from slamjax.metrics import bilevel_metrics
 from slamjax.problem import DATA_AXES, check_agent_axis
-from slamjax.slam import (SLAMConfig, SLAMParams, SLAMState, _initial_laplacians, _primal_dual,
-                          validate)
+from slamjax.slam import SLAMConfig, SLAMParams, SLAMState, validate
 
 __all__ = ["BiasFreeParams", "BiasFreeState", "bias_free_slam"]
 
@@ -46,13 +46,19 @@ class BiasFreeParams(NamedTuple):
     delta: Any
     rho: Any
     gamma: Any = 1.0
+    DOMAIN = "≥ 0"
 
     @classmethod
-    def create(cls, alpha, beta, delta, rho, gamma=1.0, dtype=None):
-        return cls(*(jnp.asarray(v, dtype=dtype) for v in (alpha, beta, delta, rho, gamma)))
+    def create(cls, alpha, beta, delta, rho, gamma=1.0, dtype=None) -> "BiasFreeParams":
+        """Inverse steps α (UL), β (LL), δ (the z recursion): the steps are 1/α, 1/β, 1/δ;
+        penalty ρ and scaling γ as in :class:`slamjax.SLAMParams`; numbers or schedules."""
+        return cls(*(O.number(v, dtype) for v in (alpha, beta, delta, rho, gamma)))
 
 
 class BiasFreeState(NamedTuple):
+    """Iterates x, y, z (agent axis first), their duals u = Aᵀλ, the step and the cached
+    Laplacian products (as :class:`slamjax.SLAMState`)."""
+
     x: Any
     y: Any
     z: Any
@@ -74,8 +80,8 @@ def bias_free_slam(problem, comm, config: SLAMConfig = SLAMConfig()):
         raise ValueError("bias-free SLAM is defined for variant 'slam' and 'slam_u'; with no UL "
                          "consensus (SLAM-L, problem (8)) each agent's hypergradient involves "
                          "the other agents' objectives, which the shared z does not carry")
-    return O.build(problem, comm, config, _init, _step, "bias_free_slam", metrics=_metrics,
-                   check=_check)
+    return O.build(problem, comm, config, _init, _kernel, "bias_free_slam", BiasFreeParams,
+                   metrics=_metrics, check=_check)
 
 
 def _init(static, comm, x0, y0, data=None):
@@ -86,11 +92,11 @@ def _init(static, comm, x0, y0, data=None):
     mx, my = config.masks(x0, y0)
     z0 = zeros(y0)
     return BiasFreeState(x0, y0, z0, zeros(x0), zeros(y0), zeros(y0), jnp.zeros((), jnp.int32),
-                         _initial_laplacians(comm, x0, mx), _initial_laplacians(comm, y0, my),
-                         _initial_laplacians(comm, z0, my))
+                         primal_dual(mx).init(x0, comm).lap, primal_dual(my).init(y0, comm).lap,
+                         primal_dual(my).init(z0, comm).lap)
 
 
-def _step(static, comm, key, s: BiasFreeState, p: BiasFreeParams, data):
+def _kernel(static, key, s: BiasFreeState, p: BiasFreeParams, data, comm):
     problem, config = static.value
     n = comm.n
     mx, my = config.masks(s.x, s.y)
@@ -99,31 +105,30 @@ def _step(static, comm, key, s: BiasFreeState, p: BiasFreeParams, data):
     bf = bg if config.minibatches == 1 else O.sample(problem, kf, data, n)
     vm = lambda fn, *a: jax.vmap(fn, in_axes=(0, 0, 0, DATA_AXES, 0))(*a)  # noqa: E731
 
+    def level(mask, grads, v, u, lap, inv):
+        return primal_dual(mask).update(grads, PrimalDualState(u, lap), v, comm,
+                                        ConsensusHP(1.0 / inv, p.rho, p.gamma))
+
     h_g = vm(lambda x, y, _z, d, b: lower_grad(problem, x, y, d, b), s.x, s.y, s.z, data, bg)
-    y, u_y, lap_y = _primal_dual(s.y, h_g, s.u_y, my, comm, 1.0 / p.beta, p.rho, p.gamma,
-                                 s.lap_y)
+    y, sy = level(my, h_g, s.y, s.u_y, s.lap_y, p.beta)
 
     def z_dir(x, yy, z, d, b):
         fy = jax.grad(problem.f, argnums=1)(x, yy, d, b)
         return jax.tree.map(jnp.subtract, hvp_yy(problem, x, yy, d, b, z), fy)
 
-    h_z = vm(z_dir, s.x, y, s.z, data, bf)
-    z, u_z, lap_z = _primal_dual(s.z, h_z, s.u_z, my, comm, 1.0 / p.delta, p.rho, p.gamma,
-                                 s.lap_z)
+    z, sz = level(my, vm(z_dir, s.x, y, s.z, data, bf), s.z, s.u_z, s.lap_z, p.delta)
 
     def x_dir(x, yy, zz, d, b):
         fx = jax.grad(problem.f, argnums=0)(x, yy, d, b)
         return jax.tree.map(jnp.subtract, fx, cross_xy(problem, x, yy, d, b, zz))
 
-    h_f = vm(x_dir, s.x, y, z, data, bf)
-    x, u_x, lap_x = _primal_dual(s.x, h_f, s.u_x, mx, comm, 1.0 / p.alpha, p.rho, p.gamma,
-                                 s.lap_x)
-    sent = sum(comm.messages(leaf) for leaf, on in zip(jax.tree.leaves(x), mx) if on) + \
-        2 * sum(comm.messages(leaf) for leaf, on in zip(jax.tree.leaves(y), my) if on)
+    x, sx = level(mx, vm(x_dir, s.x, y, z, data, bf), s.x, s.u_x, s.lap_x, p.alpha)
+    sent = primal_dual(mx).messages(comm, x) + 2 * primal_dual(my).messages(comm, y)
     info = {"messages": jnp.asarray(float(sent), jnp.float32),
             "minibatches": jnp.asarray(0.0 if problem.sample is None
                                        else float(config.minibatches * n), jnp.float32)}
-    return BiasFreeState(x, y, z, u_x, u_y, u_z, s.step + 1, lap_x, lap_y, lap_z), info
+    return BiasFreeState(x, y, z, sx.dual, sy.dual, sz.dual, s.step + 1, sx.lap, sy.lap,
+                         sz.lap), info
 
 
 def _metrics(static, comm, state, data):
@@ -134,6 +139,8 @@ def _metrics(static, comm, state, data):
 
 def _check(static, comm, params, state, data):
     problem, config = static.value
+    if not isinstance(params, BiasFreeParams):
+        raise params_class_error("bias_free_slam", BiasFreeParams, params)
     sp = SLAMParams(params.alpha, params.beta, params.rho, params.gamma)
     ss = SLAMState(state.x, state.y, state.u_x, state.u_y, state.step)
     validate(problem, config, comm, sp, ss, data)

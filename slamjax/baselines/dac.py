@@ -12,6 +12,12 @@ discounted objective (211) so that it shares SLAM-AC's networks and data:
   δ̃_i = R̂(s, a; φ_i) + γ_d V(s'; w_i) − V(s; w_i), times ∇ log π_i(a_i|s) (eq. (212), the same
   estimator as SLAM-AC, so that the comparison isolates the critic's consensus rule).
 
+The critic step and the consensus step together are the consensus transform
+:func:`dac_critic` = ``slamjax.consensus.gossip("atc")`` (adapt then combine: y ← W(y − (1/β) h)),
+taken ``critic_steps`` times per iteration on the iteration's minibatch
+(:func:`slamjax.rl.critics.critic_rule` ``"dgd"``). CAC, the pursuit trainer's baseline
+(:mod:`slamjax.rl.pursuit_ac`), uses the same rule for its critics and its shared actor layers.
+
 Differences from Zhang et al.: neural instead of linear critics, the discounted instead of the
 average-reward criterion, and a batch of 16 episodes per iteration instead of one transition.
 Step sizes as in the paper's §C.2 for all compared algorithms: critic 1e-3, actor 1e-4 (Adam).
@@ -21,21 +27,12 @@ Dec-PPO (:mod:`slamjax.baselines.dec_ppo`) uses the same critic rule.
 
 from __future__ import annotations
 
-import jax
+from slamjax.consensus import Consensus, gossip
 
-from slamjax.graphs import Graph
-
-__all__ = ["dgd_critic_update"]
+__all__ = ["dac_critic"]
 
 
-def dgd_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, config):
-    """``config.critic_steps`` × (local gradient step, one mixing step). ``dual`` is unused
-    and returned unchanged. Returns (critic, dual, mean squared TD error per agent)."""
-    del key
-    tdsq0 = None
-    for _ in range(config.critic_steps):
-        h, tdsq = grad_fn(critic, batch)
-        tdsq0 = tdsq if tdsq0 is None else tdsq0
-        local = jax.tree.map(lambda v, g: v - hp.critic_lr.astype(v.dtype) * g, critic, h)
-        critic = graph.mix(local)
-    return critic, dual, tdsq0
+def dac_critic() -> Consensus:
+    """DAC's critic rule (DGD): a local gradient step, then one Metropolis mixing round,
+    y ← W(y − lr·h) on every leaf of y — ``gossip("atc")``. Stateless."""
+    return gossip("atc")

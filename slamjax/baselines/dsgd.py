@@ -41,7 +41,8 @@ import optax
 
 from slamjax.algorithm import Algorithm, register
 from slamjax.baselines import _oracle as O
-from slamjax.graphs import Graph
+from slamjax.comm import Graph
+from slamjax.consensus import ConsensusHP, gossip
 from slamjax.problem import DATA_AXES, BilevelProblem
 
 __all__ = ["DSGDParams", "DSGDState", "OPTIMIZERS", "dsgd"]
@@ -52,10 +53,12 @@ class DSGDParams(NamedTuple):
 
     lr_x: Any
     lr_y: Any
+    DOMAIN = "≥ 0"
 
     @classmethod
-    def create(cls, lr_x, lr_y, dtype=None):
-        return cls(jnp.asarray(lr_x, dtype=dtype), jnp.asarray(lr_y, dtype=dtype))
+    def create(cls, lr_x, lr_y, dtype=None) -> "DSGDParams":
+        """Steps η_x, η_y (step sizes, not inverses); numbers or schedules."""
+        return cls(O.number(lr_x, dtype), O.number(lr_y, dtype))
 
 
 class DSGDState(NamedTuple):
@@ -70,6 +73,7 @@ class DSGDState(NamedTuple):
 
 
 OPTIMIZERS = ("sgd", "adam")
+"""The local step rules of :func:`dsgd`."""
 
 
 class _Options(NamedTuple):
@@ -94,7 +98,7 @@ def dsgd(problem: BilevelProblem, comm: Graph, loss: str = "g",
         raise ValueError(f"loss must be 'g' or 'f', got {loss!r}")
     if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
         raise ValueError(f"dsgd: optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    return O.build(problem, comm, _Options(loss, optimizer), _init, _step, "dsgd")
+    return O.build(problem, comm, _Options(loss, optimizer), _init, _kernel, "dsgd", DSGDParams)
 
 
 def _init(static, comm, x0, y0, data=None) -> DSGDState:
@@ -103,7 +107,7 @@ def _init(static, comm, x0, y0, data=None) -> DSGDState:
     return DSGDState(x0, y0, jnp.zeros((), jnp.int32), adam)
 
 
-def _step(static, comm, key, state: DSGDState, params: DSGDParams, data):
+def _kernel(static, key, state: DSGDState, params: DSGDParams, data, comm):
     problem, opt = static.value
     n = comm.n
     fn = problem.g if opt.loss == "g" else problem.f
@@ -113,8 +117,8 @@ def _step(static, comm, key, state: DSGDState, params: DSGDParams, data):
     adam = state.opt
     if opt.optimizer == "adam":  # each agent normalises its own gradient (moments local)
         (gx, gy), adam = jax.vmap(_ADAM.update)((gx, gy), state.opt)
-    x = O.axpy(-params.lr_x, gx, comm.mix(state.x))
-    y = O.axpy(-params.lr_y, gy, comm.mix(state.y))
+    x, _ = gossip().update(gx, (), state.x, comm, ConsensusHP(params.lr_x))
+    y, _ = gossip().update(gy, (), state.y, comm, ConsensusHP(params.lr_y))
     return DSGDState(x, y, state.step + 1, adam), O.counts(comm, (state.x, state.y), 1, problem)
 
 

@@ -32,22 +32,29 @@ from jax import lax
 
 from slamjax.algorithm import register
 from slamjax.baselines import _oracle as O
-from slamjax.hypergrad import CG, Exact, Neumann, hypergradient, lower_grad
+from slamjax.consensus import ConsensusHP, gossip, local
+from slamjax.hypergrad import CG, hypergradient, lower_grad
 from slamjax.problem import DATA_AXES
 
 __all__ = ["DSGDBilevelParams", "DSGDBilevelState", "dsgd_bilevel"]
 
 
 class DSGDBilevelParams(NamedTuple):
+    """Traced steps η_x (outer) and η_y (inner LL loop)."""
+
     lr_x: Any
     lr_y: Any
+    DOMAIN = "≥ 0"
 
     @classmethod
-    def create(cls, lr_x, lr_y, dtype=None):
-        return cls(jnp.asarray(lr_x, dtype=dtype), jnp.asarray(lr_y, dtype=dtype))
+    def create(cls, lr_x, lr_y, dtype=None) -> "DSGDBilevelParams":
+        """Steps η_x (outer) and η_y (inner loop); numbers or schedules."""
+        return cls(O.number(lr_x, dtype), O.number(lr_y, dtype))
 
 
 class DSGDBilevelState(NamedTuple):
+    """Iterates x, y (agent axis first) and the step counter."""
+
     x: Any
     y: Any
     step: Any
@@ -65,40 +72,41 @@ def dsgd_bilevel(problem, comm, inner_steps: int = 5, solver=CG(10), consensus: 
     the inner loop is local)."""
     if isinstance(inner_steps, bool) or int(inner_steps) < 1:
         raise ValueError(f"inner_steps must be an integer ≥ 1, got {inner_steps!r}")
-    if not isinstance(solver, (CG, Neumann, Exact)):
-        raise ValueError(f"solver must be CG, Neumann or Exact, got {solver!r}")
+    if not callable(getattr(solver, "solve", None)):
+        raise ValueError(f"solver must be a linear solver such as CG, Neumann or Exact, got "
+                         f"{solver!r}")
     O.check_consensus("dsgd_bilevel", consensus)
-    return O.build(problem, comm, _Options(int(inner_steps), solver, consensus), _init, _step,
-                   "dsgd_bilevel")
+    return O.build(problem, comm, _Options(int(inner_steps), solver, consensus), _init,
+                   _kernel, "dsgd_bilevel", DSGDBilevelParams)
 
 
 def _init(static, comm, x0, y0, data=None):
     return DSGDBilevelState(x0, y0, jnp.zeros((), jnp.int32))
 
 
-def _step(static, comm, key, st, p, data):
+def _kernel(static, key, st, p, data, comm):
     problem, opt = static.value
     n = comm.n
     both = opt.consensus == "both"
     keys = jax.random.split(key, opt.inner_steps + 1)
     vgrad = jax.vmap(lambda x, y, d, b: lower_grad(problem, x, y, d, b),
                      in_axes=(0, 0, DATA_AXES, 0))
+    ll = gossip() if both else local()
 
     def inner(y, k):
         b = O.sample(problem, k, data, n)
-        return O.axpy(-p.lr_y, vgrad(st.x, y, data, b), comm.mix(y) if both else y), None
+        return ll.update(vgrad(st.x, y, data, b), (), y, comm, ConsensusHP(p.lr_y))[0], None
 
     y, _ = lax.scan(inner, st.y, keys[:-1])
     bf = O.sample(problem, keys[-1], data, n)
     h_f = jax.vmap(lambda x, y, d, b: hypergradient(problem, x, y, d, b, opt.solver),
                    in_axes=(0, 0, DATA_AXES, 0))(st.x, y, data, bf)
-    x = comm.mix(O.axpy(-p.lr_x, h_f, st.x))
+    x, _ = gossip("atc").update(h_f, (), st.x, comm, ConsensusHP(p.lr_x))
     sent = (opt.inner_steps * comm.messages(st.y) if both else 0) + comm.messages(st.x)
     mb = 0.0 if problem.sample is None else float((opt.inner_steps + 1) * n)
     info = {"messages": jnp.asarray(float(sent), jnp.float32),
             "minibatches": jnp.asarray(mb, jnp.float32)}
     return DSGDBilevelState(x, y, st.step + 1), info
-
 
 
 register("dsgd_bilevel", lambda problem, comm, **kw: dsgd_bilevel(problem, comm, **kw),

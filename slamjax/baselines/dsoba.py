@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from slamjax.algorithm import register
 from slamjax.baselines import _oracle as O
+from slamjax.consensus import ConsensusHP, gossip, local
 
 __all__ = ["DSOBAParams", "DSOBAState", "dsoba"]
 
@@ -45,13 +46,18 @@ class DSOBAParams(NamedTuple):
     lr_y: Any
     lr_z: Any
     theta: Any = 1.0
+    DOMAIN = "≥ 0"
 
     @classmethod
-    def create(cls, lr_x, lr_y, lr_z, theta=1.0, dtype=None):
-        return cls(*(jnp.asarray(v, dtype=dtype) for v in (lr_x, lr_y, lr_z, theta)))
+    def create(cls, lr_x, lr_y, lr_z, theta=1.0, dtype=None) -> "DSOBAParams":
+        """D-SOBA's steps η_x, η_y, η_z (step sizes, not inverses) and θ ∈ (0, 1] (1: no
+        moving average); numbers or schedules (:mod:`slamjax.schedules`)."""
+        return cls(*(O.number(v, dtype) for v in (lr_x, lr_y, lr_z, theta)))
 
 
 class DSOBAState(NamedTuple):
+    """Iterates x, y, z ≈ [∇²_yy g]⁻¹∇_y f, the moving average m of d_x, the step."""
+
     x: Any
     y: Any
     z: Any
@@ -67,7 +73,7 @@ def dsoba(problem, comm, consensus: str = "both"):
     """D-SOBA over ``comm``; params :class:`DSOBAParams`. ``consensus``: ``"both"`` (gossip
     x, y, z) or ``"upper"`` (gossip x only; y and z stay local)."""
     O.check_consensus("dsoba", consensus)
-    return O.build(problem, comm, _Options(consensus), _init, _step, "dsoba")
+    return O.build(problem, comm, _Options(consensus), _init, _kernel, "dsoba", DSOBAParams)
 
 
 def _init(static, comm, x0, y0, data=None):
@@ -75,19 +81,19 @@ def _init(static, comm, x0, y0, data=None):
     return DSOBAState(x0, y0, zeros(y0), zeros(x0), jnp.zeros((), jnp.int32))
 
 
-def _step(static, comm, key, s: DSOBAState, p: DSOBAParams, data):
+def _kernel(static, key, s: DSOBAState, p: DSOBAParams, data, comm):
     problem, opt = static.value
     both = opt.consensus == "both"
     kg, kf = jax.random.split(key)
     bg, bf = O.sample(problem, kg, data, comm.n), O.sample(problem, kf, data, comm.n)
     dx, dy, dz = O.directions(problem, s.x, s.y, s.z, data, bg, bf)
     m = O.lin((1.0 - p.theta, s.m), (p.theta, dx))
-    y = O.axpy(-p.lr_y, dy, comm.mix(s.y) if both else s.y)
-    z = O.axpy(-p.lr_z, dz, comm.mix(s.z) if both else s.z)
-    x = O.axpy(-p.lr_x, m, comm.mix(s.x))
+    ll = gossip() if both else local()
+    y, _ = ll.update(dy, (), s.y, comm, ConsensusHP(p.lr_y))
+    z, _ = ll.update(dz, (), s.z, comm, ConsensusHP(p.lr_z))
+    x, _ = gossip().update(m, (), s.x, comm, ConsensusHP(p.lr_x))
     info = O.counts(comm, (s.x, s.y, s.z) if both else (s.x,), 2, problem)
     return DSOBAState(x, y, z, m, s.step + 1), info
-
 
 
 register("dsoba", lambda problem, comm, **kw: dsoba(problem, comm, **kw),

@@ -35,21 +35,28 @@ import jax.numpy as jnp
 
 from slamjax.algorithm import register
 from slamjax.baselines import _oracle as O
+from slamjax.consensus import ConsensusHP, TrackingState, local, tracking
 
 __all__ = ["DSOBAGTParams", "DSOBAGTState", "dsoba_gt"]
 
 
 class DSOBAGTParams(NamedTuple):
+    """Traced steps η_x, η_y, η_z."""
+
     lr_x: Any
     lr_y: Any
     lr_z: Any
+    DOMAIN = "≥ 0"
 
     @classmethod
-    def create(cls, lr_x, lr_y, lr_z, dtype=None):
-        return cls(*(jnp.asarray(v, dtype=dtype) for v in (lr_x, lr_y, lr_z)))
+    def create(cls, lr_x, lr_y, lr_z, dtype=None) -> "DSOBAGTParams":
+        """Steps η_x, η_y, η_z (step sizes, not inverses); numbers or schedules."""
+        return cls(*(O.number(v, dtype) for v in (lr_x, lr_y, lr_z)))
 
 
 class DSOBAGTState(NamedTuple):
+    """Iterates x, y, z, the trackers s = (s_x, s_y, s_z), the last directions, the step."""
+
     x: Any
     y: Any
     z: Any
@@ -67,7 +74,8 @@ def dsoba_gt(problem, comm, consensus: str = "both"):
     ``consensus``: ``"both"`` (track and gossip x, y, z) or ``"upper"`` (x and its tracker
     only; y and z follow their local directions)."""
     O.check_consensus("dsoba_gt", consensus)
-    return O.build(problem, comm, _Options(consensus), _init, _step, "dsoba_gt")
+    return O.build(problem, comm, _Options(consensus), _init, _kernel, "dsoba_gt",
+                   DSOBAGTParams)
 
 
 def _init(static, comm, x0, y0, data=None):
@@ -76,26 +84,28 @@ def _init(static, comm, x0, y0, data=None):
     return DSOBAGTState(x0, y0, zeros(y0), trio, trio, jnp.zeros((), jnp.int32))
 
 
-def _step(static, comm, key, st: DSOBAGTState, p: DSOBAGTParams, data):
+def _kernel(static, key, st: DSOBAGTState, p: DSOBAGTParams, data, comm):
     problem, opt = static.value
     kg, kf = jax.random.split(key)
     bg, bf = O.sample(problem, kg, data, comm.n), O.sample(problem, kf, data, comm.n)
     d = O.directions(problem, st.x, st.y, st.z, data, bg, bf)            # (d_x, d_y, d_z)
-    if opt.consensus == "both":
-        s = tuple(O.lin((1.0, comm.mix(si)), (1.0, di), (-1.0, dp))
-                  for si, di, dp in zip(st.s, d, st.d_prev))
-        x = O.axpy(-p.lr_x, s[0], comm.mix(st.x))
-        y = O.axpy(-p.lr_y, s[1], comm.mix(st.y))
-        z = O.axpy(-p.lr_z, s[2], comm.mix(st.z))
-        info = O.counts(comm, (st.x, st.y, st.z) + tuple(st.s), 2, problem)
-    else:  # "upper": track x only; y, z take local steps along their own directions
-        s = (O.lin((1.0, comm.mix(st.s[0])), (1.0, d[0]), (-1.0, st.d_prev[0])), d[1], d[2])
-        x = O.axpy(-p.lr_x, s[0], comm.mix(st.x))
-        y = O.axpy(-p.lr_y, d[1], st.y)
-        z = O.axpy(-p.lr_z, d[2], st.z)
-        info = O.counts(comm, (st.x, st.s[0]), 2, problem)
-    return DSOBAGTState(x, y, z, s, d, st.step + 1), info
-
+    lrs = (p.lr_x, p.lr_y, p.lr_z)
+    old = (st.x, st.y, st.z)
+    both = opt.consensus == "both"
+    tracked = 3 if both else 1  # "upper": track x only; y, z step along their own directions
+    new, s = [], []
+    for k in range(3):
+        if k < tracked:
+            v, ts = tracking().update(d[k], TrackingState(st.s[k], st.d_prev[k]), old[k],
+                                      comm, ConsensusHP(lrs[k]))
+            s.append(ts.tracker)
+        else:
+            v, _ = local().update(d[k], (), old[k], comm, ConsensusHP(lrs[k]))
+            s.append(d[k])
+        new.append(v)
+    exchanged = old + tuple(st.s) if both else (st.x, st.s[0])
+    info = O.counts(comm, exchanged, 2, problem)
+    return DSOBAGTState(*new, tuple(s), d, st.step + 1), info
 
 
 register("dsoba_gt", lambda problem, comm, **kw: dsoba_gt(problem, comm, **kw),

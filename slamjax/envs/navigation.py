@@ -8,90 +8,11 @@ default configuration of that scenario is reproduced: discrete actions, no
 curriculum, ``terminate_on_success=False``, full observability.  No code was
 copied; the facts below were read from those files.
 
-Rules (``n`` agents and ``n`` landmarks on the plane)
------------------------------------------------------
-* Reset: every agent position, then every landmark position, is drawn
-  ``U(-1, 1)^2``; agent velocities are zero, ``t = 0``.  (The random streams
-  differ from mpe2's NumPy generator, the distribution is the same.)
-* Discrete actions (``Discrete(5)``, mpe2 ``SimpleEnv._set_action``):
-  ``0`` no-op ``u = (0, 0)``, ``1`` left ``u = (-1, 0)``, ``2`` right
-  ``u = (+1, 0)``, ``3`` down ``u = (0, -1)``, ``4`` up ``u = (0, +1)``; the
-  control is scaled by the sensitivity ``5.0`` (``agent.accel`` is ``None``).
-  Agents are silent (``dim_c = 2`` but the communication state is always 0).
-  No motor noise (``u_noise`` is ``None``).
-* Physics (``World.step``; ``dt = 0.1``, ``damping = 0.25``, mass ``1.0``,
-  ``max_speed = None`` so no speed clipping):
-  force on agent ``a`` = ``u_a + sum_{b != a} f_ab`` with the soft contact force
-  ``f_ab = contact_force * (p_a - p_b) / |p_a - p_b| * k * log(1 + exp(-(|p_a - p_b| - d_min) / k))``,
-  ``contact_force = 100``, ``k = contact_margin = 1e-3``,
-  ``d_min = 2 * 0.15`` (agent size 0.15).  Landmarks (size 0.05) have
-  ``collide = False`` and are not movable, so they exert and feel no force.
-  Integration is explicit in the position::
-
-      p <- p + v * dt
-      v <- v * (1 - damping) + force / mass * dt
-
-* Reward, computed on the state *after* the physics step
-  (``SimpleEnv._execute_world_step``)::
-
-      global   = - sum_l min_a |p_a - q_l|                 (same for all agents)
-      local_a  = - 1.0 * #{b != a : |p_a - p_b| < 0.3}      (strict "<")
-      reward_a = (1 - local_ratio) * global + local_ratio * local_a
-
-  With the mpe2 default ``local_ratio = 0.5`` each agent gets
-  ``0.5 * global + 0.5 * local_a``.  (mpe2 would use ``local_a`` alone if
-  ``local_ratio`` were ``None``; this environment requires a number in
-  ``[0, 1]``, as mpe2's ``simple_spread`` constructor asserts.)
-* Episode end: after the step that makes ``t >= max_steps`` (mpe2
-  ``max_cycles``, default 25) ``done`` is ``True`` (mpe2 reports it as a
-  *truncation* for every agent).  There is no other termination.
-
-Differences from mpe2 (documented on purpose)
----------------------------------------------
-* Two distinct agents at exactly the same position make mpe2 divide by zero
-  (NaN force); here the contact force of such a pair is 0.
-* Invalid action indices raise in mpe2 (``AssertOutOfBoundsWrapper``).  Here
-  they raise ``ValueError`` whenever the actions are concrete (eager calls,
-  :func:`validate_actions`), but inside ``jit``/``vmap`` the values cannot be
-  inspected and they are **clipped** to ``[0, 4]``.
-* Optional auto-reset (``auto_reset=True``): when a step ends the episode, the
-  returned state is a fresh ``reset(key)`` state (the terminal state is
-  dropped); the rewards and ``done=True`` of that last step are still
-  returned.  By default (``auto_reset=False``) the step key is unused, since
-  ``simple_spread`` has no stochastic transition, and stepping after ``done``
-  just keeps simulating with ``t`` counting past ``max_steps``.
-
-Heterogeneous-reward settings (not in mpe2; off by default, issue 13)
----------------------------------------------------------------------
-Decentralized methods only differ when the agents' rewards differ; mpe2's rewards barely do.
-Two optional settings make them differ while keeping the team-average reward
-``R = (1/n) sum_i reward_i`` (:meth:`NavigationEnv.team_reward`, the reported return) equal
-to mpe2's:
-
-* ``reward_split="owner"``: agent ``i`` owns landmark ``i``'s coverage term,
-  ``cov_l = -min_a |p_a - q_l|`` (so ``sum_l cov_l = global``), and gets
-  ``(1 - local_ratio) * n * cov_i + local_ratio * local_i`` instead of the shared global term.
-* ``nuisance_scale = c > 0``: zero-sum nuisance ``reward_i += c * xi_i(s)``, where
-  ``xi(s) in R^n`` is a fixed random function of the (post-step) agent and landmark positions,
-  centred across agents so that ``sum_i xi_i = 0`` (to round-off): random Fourier features
-  ``f_i(z) = sum_k a_ik sqrt(2/K) cos(omega_k . z + b_k)`` of ``z`` = the 4n positions
-  (``omega_k ~ N(0, 3 I / (4n nuisance_lengthscale^2))``, so that ``omega_k . z`` has
-  variance ``1/nuisance_lengthscale^2`` for positions ``U(-1, 1)``: a smooth function a small
-  critic can fit, with a different mean for every agent; ``b_k ~ U(0, 2 pi)``,
-  ``a_ik ~ N(0, 1)``,
-  ``K = nuisance_features``, drawn from ``nuisance_seed`` with NumPy at construction), then
-  ``xi_i = sqrt(n/(n-1)) (f_i - mean_j f_j)`` (unit variance per agent for random ``z``). It
-  changes no one's optimum of the team objective, only what each agent's critic sees.
-  ``c`` is in reward units; ``slamjax.rl.team_reward_std`` estimates std(R) per step under the
-  random policy, to give ``c`` relative to it.
-
-With ``nuisance_scale=0`` and ``reward_split="shared"`` (the defaults) the rewards are
-mpe2's, bit for bit (the extra terms are not even traced).
-
-Layout: agents are on the leading axis of every per-agent array; the step has
-no Python loop over agents (pairwise forces use broadcasting), so it can be
-``jax.jit``-ed and ``jax.vmap``-ed over thousands of environments.  The default
-dtype is float32 (``dtype="float64"`` needs ``jax_enable_x64``).
+The rules (reset, actions, physics, reward, episode end), the documented differences from mpe2,
+the optional heterogeneous-reward settings (``reward_split="owner"``, ``nuisance_scale``)
+and the layout are written out in ``docs/environments.md``. Agents are on the leading axis of
+every per-agent array and the step has no Python loop, so it jit-s and vmap-s over thousands
+of environments; float32 by default.
 """
 
 from __future__ import annotations
@@ -121,13 +42,13 @@ __all__ = [
     "nuisance_params",
 ]
 
-#: Size of the discrete action space (mpe2 ``Discrete(5)``).
 NUM_ACTIONS = 5
-#: Meaning of each discrete action index, as mpe2 maps them.
+"""Size of the discrete action space (mpe2 ``Discrete(5)``)."""
 ACTION_NAMES = ("noop", "left", "right", "down", "up")
+"""Meaning of each discrete action index, as mpe2 maps them."""
 _DTYPES = ("float32", "float64")
-#: ``NavigationEnv.reward_split`` values: mpe2's shared global term, or owner-split coverage.
 REWARD_SPLITS = ("shared", "owner")
+"""``NavigationEnv.reward_split`` values: mpe2's shared global term, or owner-split coverage."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -166,6 +87,7 @@ class NavState(NamedTuple):
 
     @property
     def num_agents(self) -> int:
+        """Number of agents n (from the shape of ``agent_pos``)."""
         return self.agent_pos.shape[-2]
 
 
@@ -333,6 +255,7 @@ class NavigationEnv:
     # ------------------------------------------------------------------ helpers
     @property
     def num_actions(self) -> int:
+        """Size of each agent's discrete action space (:data:`NUM_ACTIONS`)."""
         return NUM_ACTIONS
 
     @property
@@ -533,9 +456,12 @@ class NavigationEnv:
         return next_state, rew, done
 
     def global_obs(self, state: NavState) -> jax.Array:
+        """The paper's global state of ``state``, ``(4n,)``: see :func:`global_obs`."""
         return global_obs(state)
 
     def observations(self, state: NavState) -> jax.Array:
+        """Every agent's mpe2 observation of ``state``, ``(n, 6n)``: see
+        :func:`agent_observations`."""
         return agent_observations(state)
 
 

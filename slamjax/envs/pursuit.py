@@ -10,119 +10,12 @@ rules below were read from those files and written anew.  The defaults are the p
 settings (Lu et al., NeurIPS 2022, supplement C.3), which differ from PettingZoo's defaults
 (16 x 16, ``shared_reward=True``, ``surround=True``, ``tag_reward=0.01``, 500 cycles).
 
-Grid, map and agents
---------------------
-* An ``x_size`` x ``y_size`` grid (default 15 x 15); cells are ``(x, y)`` with integer
-  ``0 <= x < x_size``, ``0 <= y < y_size``.
-* Obstacles: the reference's rectangle map (``two_d_maps.rectangle_map`` with its default
-  buffers 0.3 and 0.2): cell ``(i, j)`` is an obstacle iff ``0.3 < i / x_size < 0.7`` and
-  ``0.2 < j / y_size < 0.8`` (strict, float64).  On 15 x 15 that is ``x in 5..10``,
-  ``y in 4..11``: 48 obstacle cells, 177 free ones.  No obstacle ever lies on row/column 0.
-* ``n_pursuers`` pursuers (the learning agents; agent ``i`` is ``pursuer_i``) and ``n_evaders``
-  evaders.  Agents never block each other: any number of agents may share a cell.
-
-Reset (``Pursuit.reset`` with ``constraint_window=1.0``, the only window implemented)
--------------------------------------------------------------------------------------
-* Pursuers are placed one after the other, then evaders, each uniformly at random among the
-  free cells that are neither equal nor 4-adjacent to an already placed agent **of the same
-  kind** (``agent_utils.create_agents`` / ``feasible_position_exp``: rejection sampling, which
-  is the same distribution as a uniform draw among the admissible cells, done here).  Pursuers
-  and evaders may start on the same or adjacent cells.  The random stream differs from the
-  reference's NumPy generator; the distribution is the same.  ``t = 0``, all evaders alive.
-* Placement can only fail when the cells run out.  Each placed agent removes at most 5 free
-  cells (its own and 4 neighbours), so placement is guaranteed to succeed when
-  ``free_cells >= 5 (n - 1) + 1``; this module requires that for each kind and raises
-  ``ValueError`` otherwise (the reference would loop forever if it ran out; with fewer cells
-  it may or may not succeed, depending on the draw).
-
-Step (one parallel step = one AEC cycle: ``n_pursuers`` sub-steps, then the evaders)
------------------------------------------------------------------------------------
-Actions (``Discrete(5)``, ``DiscreteAgent.motion_range``): ``0`` x-1, ``1`` x+1, ``2`` y+1,
-``3`` y-1, ``4`` stay.  (Not the navigation env's encoding.)
-
-1. Pursuers move **one at a time**, in index order (AEC sub-steps).  A move to a cell off the
-   grid or onto an obstacle leaves the agent where it is (``DiscreteAgent.step``).  Since agents
-   never block each other, every pursuer's new cell depends only on its own cell and action.
-2. After **each** sub-step ``i`` the reference computes, for **every** pursuer ``j``, the tag
-   reward ``tag_reward * tag_count_j / n_pursuers`` (``Pursuit.reward``), where ``tag_count_j``
-   is the number of alive evaders on the four neighbouring cells of ``j``'s current cell
-   ``(x-1, y), (x+1, y), (x, y+1), (x, y-1)`` **with each coordinate clipped to the grid**: on
-   a border the pursuer's own cell replaces the missing neighbour (and counts twice in a
-   corner); evaders on the pursuer's own cell are not counted otherwise.  The parallel wrapper
-   **sums** the sub-step rewards.  Evaders do not move during the sub-steps, so pursuer ``j``
-   is counted ``j`` times at its old cell and ``n_pursuers - j`` times at its new cell:
-   ``tag_j = tag_reward * (j * count(old_j) + (n_pursuers - j) * count(new_j)) / n_pursuers``
-   (computed in this closed form here, no loop over sub-steps).  The paper describes the tag
-   reward as 0.1 "when the pursuer encounters an evader at its current location"; the
-   reference's rule above (neighbours, not the own cell; sub-step sum; division by
-   ``n_pursuers``) is the one implemented.
-3. After the last pursuer moved (``is_last``), captures are checked (``Pursuit.remove_agents``)
-   on the final pursuer cells: with ``surround=False`` an alive evader is captured iff at least
-   ``n_catch`` pursuers stand on its cell (all evaders on such a cell are captured); with
-   ``surround=True`` iff every "open" 4-neighbour of its cell holds a pursuer, where the number
-   of open neighbours is the reference's ``need_to_surround``: 4, minus 1 if ``x`` is on the
-   first/last column, minus 1 if ``y`` is on the first/last row, minus the obstacle neighbours
-   with ``0 < x_n < x_size`` and ``0 < y_n < y_size`` (strict ``0 <``, as the reference).
-   Each pursuer that stands on a capturing cell (``surround=False``) or on an occupied
-   neighbour of a captured evader (``surround=True``) gets ``catch_reward`` **once per step**,
-   even if it helped capture several evaders.  Captured evaders are removed (here: marked dead;
-   they no longer count anywhere and keep their last cell).
-4. Then every remaining evader takes a uniform random action in ``{0, ..., 4}``
-   (``RandomPolicy``; drawn here as ``floor(5 h / 2^24)`` of 24 random bits ``h``, uniform
-   to within ``2^-24``; ``freeze_evaders=True`` makes them stay) with the same move rule.  The
-   evaders' actions can be passed to :meth:`PursuitEnv.step` (``evader_actions``, one per
-   evader, ignored for dead ones) for parity with the reference; otherwise they are drawn from
-   the step key.
-5. ``urgency_reward`` is added to every pursuer once per step, ``t`` increases by one.
-6. Rewards are per pursuer with ``shared_reward=False`` (PettingZoo's ``local_ratio = 1``).
-   With ``shared_reward=True`` every pursuer gets the mean over pursuers of the step's rewards
-   (the reference shares each sub-step's reward; sharing is linear so the sum is the same).
-7. Episode end (``raw_env.step``): ``truncated = t >= max_cycles``;
-   ``terminated = (no evader alive) and not truncated`` -- truncation takes precedence, so an
-   episode whose last evader is caught on the step that reaches ``max_cycles`` is truncated,
-   not terminated.  ``done = terminated or truncated``.
-
-Choices not fixed by the paper (stated on purpose)
---------------------------------------------------
-* ``urgency_reward = 0.0`` (reference default -0.1): the paper names only the capture (5) and
-  tag (0.1) rewards.  A constant per-step penalty only shifts returns and rewards finishing
-  early; set ``urgency_reward=-0.1`` for PettingZoo's behaviour.
-* ``max_cycles = 100`` (reference default 500): the paper gives no episode length; 100 steps
-  let a pursuer cross the 15 x 15 grid (Manhattan diameter 28) more than three times while
-  keeping the reproduction within its CPU budget.
-* ``n_pursuers = 8``, ``n_evaders = 30`` (reference defaults; the paper gives no numbers).
-
-Observations
-------------
-* :meth:`PursuitEnv.global_state`: the paper's 3 x 15 x 15 global state, ``(3, x_size,
-  y_size)`` float, indexed ``[channel, x, y]``; channels: **counts** of pursuers, counts of
-  alive evaders, obstacles (0/1).  Counts rather than binary images: a binary pursuer channel
-  cannot show the two pursuers that make a capture.  The reference's ``state()`` holds the same
-  numbers as ``(y_size, x_size, 3)`` indexed ``[y, x, c]`` with channels (obstacles, pursuers,
-  evaders): ``ref = ours[[2, 0, 1]].transpose(2, 1, 0)``.
-* :meth:`PursuitEnv.observations`: the reference's local ``obs_range`` x ``obs_range`` view
-  (default 7 x 7, odd sizes only) of every pursuer, ``(n_pursuers, 3, R, R)`` indexed
-  ``[channel, dx, dy]`` (cell ``(x - R//2 + dx, y - R//2 + dy)``), same channels as the global
-  state; cells outside the grid read as obstacles (1) with no agents.  Reference ``observe``:
-  ``ref = ours[:, [2, 0, 1]].transpose(0, 3, 2, 1)``.
-
-Differences from the reference (documented on purpose)
-------------------------------------------------------
-* Invalid action indices raise ``ValueError`` when the actions are concrete, but inside
-  ``jit``/``vmap`` they are clipped to ``[0, 4]``.
-* ``n_evaders = 0`` (the reference ends the episode after the first sub-step, which breaks its
-  parallel wrapper), ``n_catch > n_pursuers`` with ``surround=False`` (no capture possible),
-  even ``obs_range`` and grids too small to spawn raise ``ValueError`` at construction.
-* After ``done`` the JAX env keeps simulating (the reference removes the agents) unless
-  ``auto_reset=True``, which returns a fresh ``reset`` state on the step that ends the episode
-  (rewards and flags of that step are still returned).
-* Only the rectangle map and ``constraint_window=1.0`` are implemented.  A pursuer placed on
-  an obstacle becomes stuck in the reference; here :meth:`PursuitEnv.make_state` refuses it.
-
-Layout: pursuers are on the leading axis of every per-pursuer array; positions are ``int32``
-``(x, y)``; the step is a handful of gathers and comparisons with no Python loop over agents or
-sub-steps and no host round-trip, so it ``jit``-s and ``vmap``-s over thousands of
-environments.  Rewards are float32 by default (``dtype="float64"`` needs ``jax_enable_x64``).
+The rules (grid and map, reset, the pursuers' sub-steps and tag rewards, captures, the
+evaders' moves, episode end), the choices the paper leaves open (``urgency_reward = 0``,
+``max_cycles = 100``, 8 pursuers and 30 evaders), the observations and the documented
+differences from the reference are written out in ``docs/environments.md``. Pursuers are on the
+leading axis; the step is gathers and comparisons with no Python loop, so it jit-s and vmap-s
+over thousands of environments.
 """
 
 from __future__ import annotations
@@ -147,13 +40,13 @@ __all__ = [
     "rectangle_map",
 ]
 
-#: Size of the discrete action space (``Discrete(5)``).
 NUM_ACTIONS = 5
-#: Meaning of each action index (the reference's ``motion_range``).
+"""Size of the discrete action space (``Discrete(5)``)."""
 ACTION_NAMES = ("x-1", "x+1", "y+1", "y-1", "stay")
-#: Displacement ``(dx, dy)`` of each action; the first four rows are also the neighbour order
-#: of the tag reward and of the surround test.
+"""Meaning of each action index (the reference's ``motion_range``)."""
 MOVES = np.array([[-1, 0], [1, 0], [0, 1], [0, -1], [0, 0]], dtype=np.int32)
+"""Displacement ``(dx, dy)`` of each action; the first four rows are also the neighbour order of
+the tag reward and of the surround test."""
 MOVES.setflags(write=False)
 _DTYPES = ("float32", "float64")
 
@@ -328,6 +221,7 @@ class PursuitEnv:
 
     @property
     def num_actions(self) -> int:
+        """Size of each pursuer's discrete action space (:data:`NUM_ACTIONS`)."""
         return NUM_ACTIONS
 
     @property
@@ -337,6 +231,7 @@ class PursuitEnv:
 
     @property
     def num_free_cells(self) -> int:
+        """Number of grid cells without an obstacle."""
         return int(self.x_size * self.y_size - self.obstacles.sum())
 
     @property
@@ -536,7 +431,9 @@ class PursuitEnv:
         big = jnp.pad(g - pad_value, ((0, 0), (r, r), (r, r))) + pad_value
 
         def view(p):
-            return jax.lax.dynamic_slice(big, (0, p[0], p[1]), (3, self.obs_range, self.obs_range))
+            # start indices of one dtype (a Python 0 becomes int64 under jax_enable_x64)
+            return jax.lax.dynamic_slice(big, (jnp.zeros((), p.dtype), p[0], p[1]),
+                                         (3, self.obs_range, self.obs_range))
 
         return jax.vmap(view)(state.pursuer_pos.astype(jnp.int32))
 
@@ -545,4 +442,6 @@ class PursuitEnv:
         return ~jnp.any(state.evader_alive) & (state.t < self.max_cycles)
 
     def truncated(self, state: PursuitState) -> jax.Array:
+        """Whether the episode of ``state`` hit ``max_cycles`` (truncation; it takes precedence
+        over termination)."""
         return state.t >= self.max_cycles

@@ -60,6 +60,8 @@ __all__ = ["SPLITS", "hyper_cleaning_problem", "make_hyper_cleaning", "make_data
            "split_indices", "corrupt_labels", "pool_images"]
 
 SPLITS = ("iid", "label_skew")
+"""How the training samples are split over the agents: iid shards, or class proportions per
+agent drawn from a Dirichlet distribution (``label_skew``)."""
 CLASSES = 10
 
 

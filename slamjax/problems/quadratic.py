@@ -35,6 +35,9 @@ __all__ = ["QuadraticSpec", "make_quadratic", "y_star", "ul_objective", "ul_grad
 
 
 class QuadraticSpec(NamedTuple):
+    """Sizes of a quadratic instance: ``n`` agents, ``dx`` UL and ``dy`` LL dimensions per
+    task, ``m`` LL tasks, ``homogeneous`` = LL Hessians shared by all agents."""
+
     n: int
     dx: int
     dy: int

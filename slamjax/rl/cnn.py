@@ -44,7 +44,9 @@ import jax.numpy as jnp
 __all__ = ["CNNActor", "CNNCritic", "PatchConv", "CNN_FEATURES", "CNN_KERNEL"]
 
 CNN_FEATURES = (4, 8)
+"""Channels of the two convolutions of every network."""
 CNN_KERNEL = 3
+"""Kernel size of both convolutions."""
 
 
 def _patches(h, k: int):

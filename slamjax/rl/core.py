@@ -20,8 +20,9 @@ positions two steps later. With the paper's 4n-dim state of positions only, the 
 advantage R̂(s, a) + γ_d V(s') − V(s) of eq. (212) is then independent of a_i given s, so
 E[δ̂ ∇ log π_i(a_i|s)] = 0: the actor step is pure noise and the policies drift to worse than
 random (measured with SLAM-AC, n = 3, 5 seeds, 2000 rounds: −28.0 ± 0.5 against −27.7 at the
-start, −25.9 for the random policy and −20.3 ± 0.2 with velocities; ``results/ablation.json``). (The original OpenAI MPE, which the paper used, updates
-the velocity first, so there the action moves the agent within the step.) The critics
+start, −25.9 for the random policy and −20.3 ± 0.2 with velocities;
+``results/ablation.json``). (The original OpenAI MPE, which the paper used, updates the
+velocity first, so there the action moves the agent within the step.) The critics
 therefore read s = [positions (4n), agent velocities (2n)], a Markov state in which V(s')
 depends on a_t through v_{t+1}; the actors keep the paper's 4n positions.
 
@@ -52,15 +53,6 @@ __all__ = ["DISPLAY", "ALGORITHMS", "ACConfig", "ACHyperParams", "TrainState", "
            "make_hparams", "auto_gamma", "canonical_algorithm", "critic_grads",
            "td_advantage", "check_actions"]
 
-#: algorithm -> (critic rule, actor rule). Critic rules: "slam" = SLAM-L primal-dual
-#: consensus (eq. (5a)+(4b)); "dgd" = local gradient step + one Metropolis mixing step
-#: (Zhang et al. 2018); "mdac" = the iteration's minibatch split into B-sample inner steps
-#: with mixing, then extra mixing (the figures' "MDAC"; also named "dac_extra_mixing");
-#: "mdac_fresh" = MDAC as Chen et al. 2022: every inner step on its own fresh B-sample
-#: minibatch, independent of the actor's; controls: "local" = no communication (local
-#: gradient steps only), "central" = one centralized critic fitted to the team reward
-#: (exact averaging; the ideal every consensus rule approximates).
-#: Actor rules: "pg" = eq. (212); "ppo" = clipped surrogate (Schulman et al. 2017).
 ALGORITHMS = {
     "slam_ac": ("slam", "pg"),
     "dac": ("dgd", "pg"),
@@ -74,11 +66,22 @@ ALGORITHMS = {
     "nocomm_ppo": ("local", "ppo"),
     "central_ppo": ("central", "ppo"),
 }
+"""Algorithm -> (critic rule, actor rule), the names of the rules the trainer builds once per
+configuration (:func:`slamjax.rl.critics.critic_rule`, :func:`slamjax.rl.train.method`).
+Critic rules: "slam" = SLAM-L primal-dual consensus (eq. (5a)+(4b)); "dgd" = local gradient
+step + one Metropolis mixing step (Zhang et al. 2018); "mdac" = the iteration's minibatch
+split into B-sample inner steps with mixing, then extra mixing (the figures' "MDAC"; also
+named "dac_extra_mixing"); "mdac_fresh" = MDAC as Chen et al. 2022: every inner step on its
+own fresh B-sample minibatch, independent of the actor's; controls: "local" = no
+communication (local gradient steps only), "central" = one centralized critic fitted to the
+team reward (exact averaging; the ideal every consensus rule approximates). Actor rules: "pg"
+= eq. (212); "ppo" = clipped surrogate (Schulman et al. 2017)."""
 DISPLAY = {"slam_ac": "SLAM-AC", "dac": "DAC", "mdac": "MDAC", "slam_ppo": "SLAM-PPO",
            "dec_ppo": "Dec-PPO", "dac_extra_mixing": "DAC + extra mixing",
            "mdac_fresh": "MDAC (fresh minibatches)", "nocomm_ac": "no communication",
            "central_ac": "centralized critic", "nocomm_ppo": "PPO, no communication",
            "central_ppo": "PPO, centralized critic"}
+"""Display names of the algorithms."""
 
 
 def canonical_name(name: str, table, what: str = "algorithm", aliases=None) -> str:
@@ -143,9 +146,10 @@ class ACConfig:
         ``nuisance_scale`` is absolute (reward units); :func:`slamjax.rl.nuisance_scale`
         converts a multiple of std(R).
       track_central: also train, on the same minibatches, a reference centralized critic fitted
-        to the team reward (started from the average of the agents' initial critics), and log every agent's critic error against it on a fixed batch of
-        states (metrics ``value_err``, ``rhat_err`` and per agent ``value_err_agent``), plus
-        ``consensus_w`` (‖Aw‖², value critic only). Off by default (no extra compute).
+        to the team reward (started from the average of the agents' initial critics), and log
+        every agent's critic error against it on a fixed batch of states (metrics
+        ``value_err``, ``rhat_err`` and per agent ``value_err_agent``), plus ``consensus_w``
+        (‖Aw‖², value critic only). Off by default (no extra compute).
       ppo_epochs, ppo_minibatches: PPO actor epochs over the iteration's batch and minibatches
         per epoch (4 and 4).
       local_ratio: weight of the local collision reward in R_i (0.5, the MPE default).
@@ -218,6 +222,7 @@ class ACConfig:
 
     @property
     def batch_size(self) -> int:
+        """Transitions per update round (environments × episode length)."""
         return self.num_envs * self.max_steps
 
     @property
@@ -227,25 +232,31 @@ class ACConfig:
 
     @property
     def actor_dim(self) -> int:
+        """Length of the actors' input."""
         return 4 * self.n + (2 * self.n if self.actor_velocities else 0)
 
     @property
     def critic_dim(self) -> int:
+        """Length of the critics' input."""
         return 4 * self.n + (2 * self.n if self.critic_velocities else 0)
 
     @property
     def critic_rule(self) -> str:
+        """The critic's consensus rule (by name)."""
         return ALGORITHMS[self.algorithm][0]
 
     @property
     def actor_rule(self) -> str:
+        """The actor's update rule (by name)."""
         return ALGORITHMS[self.algorithm][1]
 
     @property
     def display_name(self) -> str:
+        """The method's name in tables and figures."""
         return DISPLAY[self.algorithm]
 
     def env(self) -> NavigationEnv:
+        """The environment of this configuration."""
         return NavigationEnv(self.n, max_steps=self.max_steps, local_ratio=self.local_ratio,
                              reward_split=self.reward_split, nuisance_scale=self.nuisance_scale,
                              nuisance_seed=self.nuisance_seed)
@@ -315,11 +326,11 @@ def auto_gamma(lam_max: float, critic_lr: float, rho: float) -> float:
     return float(min(max(g, 1.0), 0.5 * g_stab))
 
 
-#: The paper's critic step size 1e-3 is a per-sample (online) step; one iteration here averages
-#: the gradient over a minibatch of M = 50 transitions, so the same per-sample step is
-#: 1/β = M × 1e-3 = 0.05 on the mean loss (linear scaling: one step on the mean of M samples
-#: with step M·η moves as far, to first order, as M online steps of size η).
 PAPER_CRITIC_STEP_PER_SAMPLE = 1e-3
+"""The paper's critic step size 1e-3 is a per-sample (online) step; one iteration here averages
+the gradient over a minibatch of M = 50 transitions, so the same per-sample step is 1/β = M ×
+1e-3 = 0.05 on the mean loss (linear scaling: one step on the mean of M samples with step M·η
+moves as far, to first order, as M online steps of size η)."""
 PAPER_ACTOR_STEP = 1e-4
 PAPER_RHO = 0.1
 DEFAULT_MINIBATCH = 50
@@ -366,12 +377,13 @@ def make_hparams(graph: Graph, *, actor_lr=PAPER_ACTOR_STEP,
 
 class TrainState(NamedTuple):
     """Per-run state: actors θ (UL), their optimizer state, critics y = {"w", "phi"} (LL),
-    SLAM duals u = Aᵀω (zeros and unused for the other critic rules), PRNG key, iteration."""
+    the critic rule's consensus state (SLAM: ``PrimalDualState`` holding the duals u = Aᵀω;
+    ``()`` for the stateless rules), PRNG key, iteration."""
 
     actor: Any
     actor_opt: Any
     critic: Any
-    dual: Any
+    critic_consensus: Any
     key: Any
     step: Any
     central: Any = None  # reference centralized critic (ACConfig.track_central), else None

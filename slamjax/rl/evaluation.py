@@ -41,16 +41,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from slamjax.baselines.controls import central_critic_step, local_critic_update
+from slamjax.baselines.dac import dac_critic
+from slamjax.consensus import gossip
 from slamjax.graphs import Graph
 from slamjax.rl.core import ACConfig, ACHyperParams, CriticBatch, critic_grads, make_batch
+from slamjax.rl.critics import CriticRule, critic_rule, critic_update
 from slamjax.rl.rollout import collect
-from slamjax.rl.slam_ac import slam_critic_update
+from slamjax.rl.train import init_critics
 
 __all__ = ["EVAL_RULES", "random_policy_dataset", "critic_fixed_points", "FixedPointLog"]
 
-#: critic rules of :func:`critic_fixed_points`
 EVAL_RULES = ("slam", "dgd", "local", "central")
+"""Critic rules of :func:`critic_fixed_points`."""
 
 
 class FixedPointLog(NamedTuple):
@@ -72,12 +74,6 @@ def random_policy_dataset(config: ACConfig, key, num_envs: int = 64) -> CriticBa
     flat = jax.tree.map(lambda x: x.reshape((T * E,) + x.shape[2:]), traj)
     dc = config.critic_dim
     return make_batch(flat.obs[:, :dc], flat.actions, flat.rewards, flat.next_obs[:, :dc])
-
-
-def _init_critics(config: ACConfig, key):
-    # the same initial critics as slamjax.rl.train.init_state (same key split)
-    from slamjax.rl.train import _dummy_hparams, init_state
-    return init_state(config, _dummy_hparams(), key).critic
 
 
 def critic_fixed_points(config: ACConfig, graph: Graph, hp: ACHyperParams, batch: CriticBatch,
@@ -110,23 +106,12 @@ def critic_fixed_points(config: ACConfig, graph: Graph, hp: ACHyperParams, batch
         raise ValueError(f"batch rewards have {batch.rewards.shape[-1]} agents, config has "
                          f"n={config.n}")
     _, vnet, rnet = config.nets()
-    cfg1 = dataclasses.replace(config, critic_steps=1)
     grad_fn = lambda c, b: critic_grads(vnet, rnet, c, b, hp.discount)  # noqa: E731
+    crule = _eval_rule(rule, config, mixing_rounds)
 
-    def step(critic, dual):
-        if rule == "slam":
-            critic, dual, _ = slam_critic_update(critic, dual, grad_fn, batch, graph, hp, None,
-                                                 cfg1)
-        elif rule == "local":
-            critic, dual, _ = local_critic_update(critic, dual, grad_fn, batch, graph, hp,
-                                                  None, cfg1)
-        elif rule == "central":
-            critic, _ = central_critic_step(critic, grad_fn, batch, hp, 1)
-        else:
-            h, _ = grad_fn(critic, batch)
-            local = jax.tree.map(lambda v, g: v - hp.critic_lr.astype(v.dtype) * g, critic, h)
-            critic = graph.mix(local, mixing_rounds)
-        return critic, dual
+    def step(critic, state):
+        critic, state, _ = critic_update(crule, critic, state, grad_fn, batch, graph, hp)
+        return critic, state
 
     def chunk(carry, _):
         carry, _ = lax.scan(lambda c, _: (step(*c), None), carry, None, length=log_every)
@@ -135,7 +120,17 @@ def critic_fixed_points(config: ACConfig, graph: Graph, hp: ACHyperParams, batch
         return carry, FixedPointLog(graph.disagreement(critic["w"]),
                                     graph.disagreement(critic["phi"]), td)
 
-    critic = _init_critics(config, key)
-    dual = jax.tree.map(jnp.zeros_like, critic)
-    (critic, _), log = lax.scan(chunk, (critic, dual), None, length=num_iters // log_every)
+    critic = init_critics(config, key)  # the same initial critics as a training run
+    state = crule.consensus.init(critic, graph)
+    (critic, _), log = lax.scan(chunk, (critic, state), None, length=num_iters // log_every)
     return critic, log
+
+
+def _eval_rule(rule: str, config: ACConfig, mixing_rounds: int) -> CriticRule:
+    """One full-batch step of ``rule`` (``critic_steps`` taken as 1): DGD with
+    ``mixing_rounds`` Metropolis rounds, else the training runs' rule."""
+    one = dataclasses.replace(config, critic_steps=1)
+    if rule == "dgd":
+        return CriticRule(dac_critic() if mixing_rounds == 1
+                          else gossip("atc", rounds=mixing_rounds))
+    return critic_rule(rule, one)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 __all__ = ["Actor", "MLPHead", "init_agents", "apply_agents", "reward_input", "HIDDEN"]
 
 HIDDEN = 20  # paper §C.2
+"""Hidden units of every network (paper §C.2)."""
 
 
 class Actor(nn.Module):

@@ -5,7 +5,8 @@ Per iteration r, for all agents at once:
 
 1. sample one episode in each of ``num_envs`` environments with the joint policy π_{θʳ};
 2. **LL (critics), SLAM's eqs. (5a) + (4b)** on both tasks y = (w, φ) with consensus on:
-   y ← y − (1/β)(h_g + γ u + ργ L y),  u ← u + (ρ/γ) L y   (``slamjax.primal_dual_update``),
+   y ← y − (1/β)(h_g + γ u + ργ L y),  u ← u + (ρ/γ) L y   (:func:`slam_critic`, the
+   consensus transform ``slamjax.consensus.primal_dual(cache=False)``),
    h_g = the gradients of the TD loss (211c) and the reward regression (211d) on the batch;
 3. **UL (actors), no consensus (SLAM-L)**: θ_i ← θ_i + step · ∇̂_{θ_i} J with eq. (212),
    evaluated at the new critics y^{r+1}:
@@ -38,25 +39,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from slamjax.graphs import Graph
+from slamjax.consensus import Consensus, primal_dual
 from slamjax.rl.core import check_actions
 from slamjax.rl.nets import Actor
-from slamjax.slam import primal_dual_update
 
-__all__ = ["slam_critic_update", "pg_actor_grads", "actor_gradient_212"]
+__all__ = ["slam_critic", "pg_actor_grads", "actor_gradient_212"]
 
 
-def slam_critic_update(critic, dual, grad_fn, batch, graph: Graph, hp, key, config):
-    """``config.critic_steps`` SLAM-L LL steps (5a)+(4b) on the full batch (consensus on every
-    leaf of y). Returns (critic, dual, mean squared TD error per agent before the update)."""
-    del key
-    tdsq0 = None
-    for _ in range(config.critic_steps):
-        h, tdsq = grad_fn(critic, batch)
-        tdsq0 = tdsq if tdsq0 is None else tdsq0
-        critic, dual = primal_dual_update(critic, h, dual, True, graph, hp.critic_lr, hp.rho,
-                                          hp.gamma)
-    return critic, dual, tdsq0
+def slam_critic() -> Consensus:
+    """SLAM-L's critic rule: the primal–dual step (5a) + dual step (4b) on every leaf of
+    y = (w, φ), ``primal_dual(cache=False)`` (its state holds the duals u = Aᵀω). The trainers
+    take ``critic_steps`` of them per iteration on the iteration's minibatch
+    (:func:`slamjax.rl.critics.critic_rule` ``"slam"``)."""
+    return primal_dual(cache=False)
 
 
 def pg_actor_grads(actor: Actor, actor_params, obs, actions, adv, discount):
