@@ -320,7 +320,9 @@ def execute(algorithm: Algorithm, params, data, state, keys, *, num_steps: int,
                                    done=done0)
         if ck.directory is not None and state_of.get("done", done0) != state_of["saved"]:
             ckpt.save_carry(ck, carry, logs, state_of["chunks"], state_of["done"], sizes, lanes)
-    return assemble(carry, logs, compile_time=compile_time, run_time=run_time)
+    result = assemble(carry, logs, compile_time=compile_time, run_time=run_time)
+    result.meta.update(log_every=log_every, last_block=num_steps % log_every or log_every)
+    return result
 
 
 def _chunk_hook(logs, sizes, lanes, ck, progress, callback, assemble, initial_log,
